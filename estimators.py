@@ -1,0 +1,211 @@
+"""Mutual-information bounds and representation metrics (all values in nats).
+
+Pure functions, no training code.
+
+* Bounds (``dv_bound``, ``infonce_bound``, ``jsd_bound``, ``nwj_bound``) take an
+  (N, N) critic score matrix ``S`` with ``S_ij = T(x_i, y_j)``: positive (joint)
+  pairs on the diagonal, off-diagonal pairs are samples of the product of
+  marginals. They return 0-dim tensors in the input dtype and stay
+  differentiable, so they can be used as (negated) losses.
+* Metrics compute in float64 on detached inputs and return Python numbers.
+"""
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def _as64(x):
+    """Detached float64 tensor from a tensor or array-like."""
+    if isinstance(x, np.ndarray) or not torch.is_tensor(x):
+        x = torch.as_tensor(np.asarray(x))
+    return x.detach().double()
+
+
+def _check_scores(scores):
+    if scores.dim() != 2 or scores.shape[0] != scores.shape[1] or scores.shape[0] < 2:
+        raise ValueError(f"scores must be a square (N, N) matrix with N >= 2, got {tuple(scores.shape)}")
+    return scores.shape[0]
+
+
+def _offdiag(scores):
+    n = scores.shape[0]
+    return scores[~torch.eye(n, dtype=torch.bool, device=scores.device)]
+
+
+# ----------------------------------------------------------------------------- bounds
+def cosine_scores(a, b, tau):
+    """Cosine critic: S_ij = <a_i, b_j> / (|a_i| |b_j| tau), shape (N, N).
+
+    a, b are (N, D) paired batches, so positives are on the diagonal.
+    """
+    return F.normalize(a, dim=1) @ F.normalize(b, dim=1).T / tau
+
+
+def dv_bound(scores):
+    """Donsker-Varadhan lower bound on I(X; Y) (MINE).
+
+    I_DV = mean_i S_ii - log( 1/(N(N-1)) sum_{i != j} exp(S_ij) ),
+    with the log-mean-exp computed as logsumexp(off-diag) - log(N(N-1)).
+    Refs: Donsker & Varadhan 1983; Belghazi et al. 2018 (MINE).
+    "cos-DV" is ``dv_bound(cosine_scores(a, b, tau))``.
+    """
+    n = _check_scores(scores)
+    return scores.diagonal().mean() - (torch.logsumexp(_offdiag(scores), 0) - math.log(n * (n - 1)))
+
+
+def infonce_bound(scores):
+    """InfoNCE lower bound: I_NCE = mean_i (S_ii - logsumexp_j S_ij) + log N.
+
+    The sum over j includes the positive j = i, hence I_NCE <= log N always.
+    Refs: van den Oord et al. 2018 (CPC); Poole et al. 2019.
+    """
+    n = _check_scores(scores)
+    return (scores.diagonal() - torch.logsumexp(scores, dim=1)).mean() + math.log(n)
+
+
+def jsd_bound(scores):
+    """Jensen-Shannon estimator of Deep InfoMax (Hjelm et al. 2019).
+
+    I_JSD = E_joint[-softplus(-S_ii)] - E_marginal[softplus(S_ij)], i != j.
+    This is a (shifted) variational estimate of the JS divergence between joint
+    and product of marginals, sup_T I_JSD = 2 JSD(p || p_x p_y) - log 4; it lies
+    in [-log 4, 0] at the optimum and is NOT a bound on the MI in nats in general.
+    """
+    _check_scores(scores)
+    return -F.softplus(-scores.diagonal()).mean() - F.softplus(_offdiag(scores)).mean()
+
+
+def nwj_bound(scores):
+    """NWJ / f-GAN KL lower bound (Nguyen, Wainwright & Jordan 2010).
+
+    I_NWJ = mean_i S_ii - mean_{i != j} exp(S_ij - 1).
+    Tight for the critic T = 1 + log p(y|x)/p(y) (note the +1 compared with DV).
+    """
+    _check_scores(scores)
+    return scores.diagonal().mean() - torch.exp(_offdiag(scores) - 1).mean()
+
+
+# ----------------------------------------------------------------- closed-form MI
+def gaussian_mi(cov, dx):
+    """MI of jointly Gaussian (X, Y) with joint covariance ``cov``; X = first dx coords.
+
+    I(X; Y) = 1/2 (log det S_X + log det S_Y - log det S)   (Cover & Thomas, ch. 8).
+    Raises ValueError if the covariance is not positive definite.
+    """
+    cov = _as64(cov)
+    if cov.dim() != 2 or cov.shape[0] != cov.shape[1]:
+        raise ValueError(f"cov must be a square matrix, got shape {tuple(cov.shape)}")
+    if not 0 < dx < cov.shape[0]:
+        raise ValueError(f"dx must be in [1, {cov.shape[0] - 1}], got {dx}")
+    logdets = []
+    for m in (cov, cov[:dx, :dx], cov[dx:, dx:]):
+        sign, logdet = torch.linalg.slogdet(m)
+        if sign <= 0 or torch.linalg.cholesky_ex(m).info != 0:
+            raise ValueError("covariance is not positive definite (singular or indefinite)")
+        logdets.append(logdet)
+    return float(0.5 * (logdets[1] + logdets[2] - logdets[0]))
+
+
+# ------------------------------------------------------- matrix-based information
+def gram(x, normalize=True):
+    """Trace-normalized Gram matrix A = K / tr(K), K = x x^T (rows L2-normalized if
+    ``normalize``). Returns a float64 (N, N) tensor with trace 1."""
+    x = _as64(x)
+    if normalize:
+        x = F.normalize(x, dim=1)
+    k = x @ x.T
+    return k / torch.trace(k)
+
+
+def renyi_entropy(A, alpha=2.0):
+    """Matrix-based Renyi alpha-entropy (Sanchez Giraldo, Rao & Principe 2014).
+
+    S_alpha(A) = 1/(1 - alpha) * log( sum_i lambda_i(A)^alpha )   (natural log: nats),
+    for A symmetric PSD with trace 1; alpha = 1 gives von Neumann -sum lambda log lambda.
+    Round-off eigenvalues (below N * eps * lambda_max, incl. negative ones) are set
+    to 0; otherwise, for alpha < 1, ~1e-16 null-space noise would add spurious entropy.
+    """
+    if alpha <= 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")
+    lam = torch.linalg.eigvalsh(_as64(A))
+    tol = lam.shape[0] * torch.finfo(lam.dtype).eps * lam.abs().max()
+    lam = torch.where(lam > tol, lam, torch.zeros_like(lam))
+    if math.isclose(alpha, 1.0):
+        return float(-torch.xlogy(lam, lam).sum())
+    return float(torch.log((lam ** alpha).sum()) / (1.0 - alpha))
+
+
+def matrix_entropy(x, alpha=2.0):
+    """S_alpha(gram(x)): matrix-based Renyi entropy of features x (N, D)."""
+    return renyi_entropy(gram(x), alpha)
+
+
+def matrix_mutual_information(x, y, alpha=2.0):
+    """Matrix-based MI (Sanchez Giraldo et al. 2014): I = S(A) + S(B) - S(A o B / tr(A o B)),
+    A = gram(x), B = gram(y), o = Hadamard product.
+
+    Note I(x; x) = 2 S(A) - S(A o A / tr) equals S(A) only when A o A is
+    proportional to A (e.g. rows that are one-hot / orthonormal clusters).
+    """
+    A, B = gram(x), gram(y)
+    if A.shape != B.shape:
+        raise ValueError(f"x and y must have the same number of rows, got {A.shape[0]} and {B.shape[0]}")
+    joint = A * B
+    joint = joint / torch.trace(joint)
+    return renyi_entropy(A, alpha) + renyi_entropy(B, alpha) - renyi_entropy(joint, alpha)
+
+
+# --------------------------------------------------------- spectrum-based metrics
+def effective_rank(x, eps=1e-12, center=False):
+    """Effective rank (Roy & Vetterli 2007), as in RankMe (Garrido et al. 2023).
+
+    p_k = sigma_k / sum_j sigma_j + eps over the singular values of x (N, D),
+    erank = exp(-sum_k p_k log p_k). No centering unless ``center=True``.
+    """
+    x = _as64(x)
+    if center:
+        x = x - x.mean(dim=0, keepdim=True)
+    s = torch.linalg.svdvals(x)
+    p = s / s.sum() + eps
+    return float(torch.exp(-(p * torch.log(p)).sum()))
+
+
+def _cov_eigvals(x):
+    """Eigenvalues (descending, clamped >= 0) of the (N-1)-normalized covariance of x."""
+    x = _as64(x)
+    if x.dim() != 2 or x.shape[0] < 2:
+        raise ValueError(f"x must be (N, D) with N >= 2, got {tuple(x.shape)}")
+    xc = x - x.mean(dim=0, keepdim=True)
+    cov = xc.T @ xc / (x.shape[0] - 1)
+    return torch.linalg.eigvalsh(cov).clamp(min=0).flip(0)
+
+
+def eigen_count(x, threshold=0.01):
+    """Number of covariance eigenvalues with lambda_k / sum_j lambda_j > threshold."""
+    lam = _cov_eigvals(x)
+    return int((lam / lam.sum() > threshold).sum())
+
+
+def explained_variance(x, top_frac=0.3):
+    """Fraction of total variance held by the top k = ceil(top_frac * min(N, D))
+    covariance eigenvalues of centered x (k clipped to [1, min(N, D)])."""
+    lam = _cov_eigvals(x)
+    d = min(x.shape[0], x.shape[1])
+    k = min(max(math.ceil(round(top_frac * d, 9)), 1), d)  # round: 0.28*25 = 7.000000000000001 -> 7
+    return float(lam[:k].sum() / lam.sum())
+
+
+# ------------------------------------------------------------ hypersphere metrics
+def uniformity(x, t=2.0):
+    """Uniformity (Wang & Isola 2020): log mean_{i<j} exp(-t |x^_i - x^_j|^2),
+    x^ = L2-normalized rows. Lower is more uniform."""
+    d2 = torch.pdist(F.normalize(_as64(x), dim=1)).pow(2)
+    return float(torch.logsumexp(-t * d2, 0) - math.log(d2.numel()))
+
+
+def alignment(x, y, alpha=2.0):
+    """Alignment (Wang & Isola 2020): mean_i |x^_i - y^_i|^alpha on L2-normalized rows."""
+    xn, yn = F.normalize(_as64(x), dim=1), F.normalize(_as64(y), dim=1)
+    return float((xn - yn).norm(dim=1).pow(alpha).mean())

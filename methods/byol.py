@@ -1,0 +1,139 @@
+"""BYOL: Bootstrap Your Own Latent, a new approach to self-supervised learning.
+Grill, Strub, Altche, Tallec, Richemond, Buchatskaya, Doersch, Pires, Guo, Azar, Piot, Kavukcuoglu, Munos, Valko,
+2020, arXiv:2006.07733.
+
+An online network (backbone, projector, predictor) regresses the projection that a target network gives for the
+other view. The target is an exponential moving average (EMA) of the online backbone and projector and receives no
+gradient. Without negatives, collapse is avoided by the asymmetry: the predictor on the online side, the
+stop-gradient on the target, and the slowly moving target.
+MI reading (Sabby et al. 2025): SDMI paradigm; the predictor with the EMA target stands in for the marginal term.
+
+    python methods/byol.py --dataset cifar10
+    python methods/byol.py --dataset synthetic --backbone tiny --epochs 5      # CPU, no files needed
+
+Implementation details (defaults = solo-learn's tuned CIFAR recipe, scripts/pretrain/cifar/byol.yaml):
+1. Asymmetric augmentation: jitter (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2, no blur on CIFAR (the paper blurs
+   view 1 with p 1.0 and view 2 with p 0.1 on ImageNet), solarization 0.0 on view 1 and 0.2 on view 2.
+2. Projector Linear(4096)-BN-ReLU-Linear(256); predictor Linear(4096)-BN-ReLU-Linear(256), as the paper.
+3. LARS (eta 0.02, clipped, biases/norms excluded), lr 1.0 x batch/256, wd 1e-5, 10 warmup epochs, cosine.
+4. EMA tau_t = 1 - (1 - tau_base) * (cos(pi t / T) + 1) / 2 per step, tau_base 0.99 -> 1.0 (paper: 0.996 at
+   batch 4096). The EMA covers parameters only; the target's BatchNorm statistics are never used for training
+   (the target runs in train mode, on batch statistics), so they are not averaged.
+5. Loss 2 - 2 cos(p, z') per view pair, summed over the two symmetric pairs (solo-learn sums; the paper too).
+6. Evaluation uses the online backbone; R = online backbone output, Z = online projector output.
+"""
+import copy
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
+
+
+@dataclass
+class Args:
+    dataset: common.DatasetName = "cifar10"
+    """dataset; `synthetic` needs no files, `imagefolder` reads DATA_DIR/train and DATA_DIR/val (or test)"""
+    data_dir: str = "data"
+    """where the dataset lives or is downloaded to (medmnist: the .npz file)"""
+    backbone: common.BackboneName = "resnet18"
+    """backbone (CIFAR stem for images <= 64 px); `tiny` is a narrow ResNet for CPU runs"""
+    epochs: int = 1000
+    """training epochs"""
+    batch_size: int = 256
+    """images per step (two views each)"""
+    optimizer: common.OptimizerName = "lars"
+    """optimizer of the SSL parameters"""
+    lr: float = 1.0
+    """base learning rate at batch 256 (scaled by batch_size/256)"""
+    weight_decay: float = 1e-5
+    """weight decay (not applied to biases and norm parameters)"""
+    warmup_epochs: int = 10
+    """linear warmup epochs before the cosine decay"""
+    seed: int = 0
+    """seed of weights, data order and augmentations"""
+    device: str = "auto"
+    """auto (cuda if available), cpu, cuda, cuda:1..."""
+    precision: common.Precision = "auto"
+    """autocast dtype; auto = bf16 on CUDA, fp32 on CPU"""
+    deterministic: bool = False
+    """deterministic kernels (slower on GPU)"""
+    compile: bool = False
+    """torch.compile the backbone"""
+    eval_every: int = 50
+    """kNN and online-probe test accuracy every N epochs (0: only at the end)"""
+    mi_every: int = 500
+    """MI estimates and dimensionality metrics on a fixed held-out batch every N steps (0: never)"""
+    save_every: int = 50
+    """checkpoint every N epochs, and at the end (0: only backbone.pt at the end)"""
+    max_steps: int = 0
+    """stop after N optimizer steps (0: run all epochs); the schedules still span all epochs"""
+    resume: Optional[str] = None
+    """continue from this checkpoint (its run directory is reused)"""
+    exp_name: str = ""
+    """run name in runs/{dataset}__{exp_name}__{seed}__{time} (default: the method)"""
+    # method-specific
+    proj_hidden_dim: int = 4096
+    """projector hidden width"""
+    proj_output_dim: int = 256
+    """projector output width (Z)"""
+    pred_hidden_dim: int = 4096
+    """predictor hidden width"""
+    tau_base: float = 0.99
+    """EMA momentum of the target at step 0"""
+    tau_final: float = 1.0
+    """EMA momentum of the target at the last step (cosine schedule per step)"""
+
+
+def regression_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """2 - 2 cos(p, z), the normalized MSE of the paper; z comes from the target and gets no gradient."""
+    return (2 - 2 * F.cosine_similarity(p, z.detach(), dim=-1)).mean()
+
+
+@torch.no_grad()
+def ema_update(online: nn.Module, target: nn.Module, tau: float):
+    """target <- tau * target + (1 - tau) * online, parameter by parameter."""
+    for po, pt in zip(online.parameters(), target.parameters()):
+        pt.lerp_(po, 1 - tau)
+
+
+def main(args: Args):
+    run = common.Run(args, "byol")
+    aug = run.augment(common.asymmetric_views(run.data.image_size))
+    backbone, feat_dim = common.build_backbone(args.backbone, run.data.image_size)
+    projector = common.mlp(feat_dim, args.proj_hidden_dim, args.proj_output_dim)
+    predictor = common.mlp(args.proj_output_dim, args.pred_hidden_dim, args.proj_output_dim)
+    online = nn.Sequential(backbone, projector)
+    target = copy.deepcopy(online).requires_grad_(False)  # why: the target only follows the online net by EMA
+    model = run.prepare(nn.ModuleDict(dict(online=online, predictor=predictor, target=target)))
+    trainable = nn.ModuleList([online, predictor])
+    optimizer = common.make_optimizer(args.optimizer, common.param_groups(trainable, args.weight_decay),
+                                      common.scaled_lr(args.lr, args.batch_size))
+    run.track(model, optimizer, {"main": (backbone, projector)}, feat_dim)
+
+    for epoch in run.epochs():
+        for x, y in run.batches(epoch):
+            lr = run.update_lr()
+            tau = common.cosine_schedule(run.step_count - 1, run.total_steps, args.tau_base, args.tau_final)
+            x1, x2 = aug(x, run.gen)
+            with run.autocast():
+                r1, r2 = backbone(run.cl(x1)), backbone(run.cl(x2))  # R: (N, feat_dim)
+                p1, p2 = predictor(projector(r1)), predictor(projector(r2))  # (N, proj_output_dim)
+                with torch.no_grad():
+                    z1_t, z2_t = target(run.cl(x1)), target(run.cl(x2))  # target projections (N, proj_output_dim)
+            loss = regression_loss(p1.float(), z2_t.float()) + regression_loss(p2.float(), z1_t.float())
+            run.step(loss, optimizer)
+            ema_update(online, target, tau)  # why after the step: the target follows the updated online weights
+            run.log(r1, y, losses__regression=loss, losses__total=loss, charts__learning_rate=lr, charts__momentum=tau)
+    run.finish()
+
+
+if __name__ == "__main__":
+    common.cli(main, Args)
