@@ -131,7 +131,7 @@ class _Decoded(torch.utils.data.Dataset):
             img = Image.open(fh).convert("RGB")
         if self.train:  # large path, training: one random resized crop per view; the rest runs on the device
             crops = [T.RandomResizedCrop(v.size, v.scale, v.ratio, antialias=True)(img) for v in self.views]
-            return [T.functional.pil_to_tensor(c) for c in crops], label
+            return [T.functional.pil_to_tensor(c) for c in crops], label, i
         if self.views == "small":
             img = img if img.size == (self.size, self.size) else img.resize((self.size, self.size), Image.BILINEAR)
         else:
@@ -184,17 +184,18 @@ class Data:
         return self
 
     def ssl_batches(self, batch_size: int, epoch: int, seed: int, views=None):
-        """One epoch of (uint8 images on the device, labels), drop_last; the order depends on (seed, epoch) only."""
+        """One epoch of (uint8 images on the device, labels, dataset indices), drop_last; the order depends on
+        (seed, epoch) only."""
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)
         if self.large:
-            for crops, y in _loader(_Decoded(self.files["train"], self.image_size, views, True), batch_size, True, g, True):
+            for crops, y, idx in _loader(_Decoded(self.files["train"], self.image_size, views, True), batch_size, True, g, True):
                 dev = self.device
-                yield [c.to(dev, non_blocking=True) for c in crops], y.to(dev, non_blocking=True)
+                yield [c.to(dev, non_blocking=True) for c in crops], y.to(dev, non_blocking=True), idx.to(dev)
             return
         perm = torch.randperm(len(self.train), generator=g).to(self.train.device)
         for i in range(len(self.train) // batch_size):
             idx = perm[i * batch_size:(i + 1) * batch_size]
-            yield self.train[idx], self.train_labels[idx]
+            yield self.train[idx], self.train_labels[idx], idx
 
     def eval_batches(self, split: Literal["train", "test"], batch_size: int = 512):
         """Un-augmented uint8 images of the evaluation train or test split, in order."""
@@ -866,8 +867,9 @@ class Run:
                 break
 
     def batches(self, epoch: int):
-        """Training batches of one epoch: (uint8 images, or per-view crops for large images; labels, -1 = none)."""
-        for x, y in self.data.ssl_batches(self.args.batch_size, epoch, self.args.seed, self.views):
+        """Training batches of one epoch: (uint8 images, or per-view crops for large images; labels, -1 = none).
+        `run.batch_index` holds the dataset indices of the current batch (for per-sample memories)."""
+        for x, y, self.batch_index in self.data.ssl_batches(self.args.batch_size, epoch, self.args.seed, self.views):
             self.step_count += 1
             self._views_seen += self.args.batch_size * len(self.views or [0, 0])
             yield x, y

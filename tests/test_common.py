@@ -124,8 +124,8 @@ def test_imagefolder_small_images_are_decoded_once(tmp_path):
     assert d.num_classes == 2 and d.test.shape[0] == 4 and sorted(d.train_labels.tolist()) == [0] * 6 + [1] * 6
     first = Image.open(tmp_path / "train" / "cat" / "0.png")
     assert torch.equal(d.train[0], torch.from_numpy(np.array(first)).permute(2, 0, 1))
-    x, y = next(d.ssl_batches(4, 0, 0))
-    assert x.shape == (4, 3, 32, 32)
+    x, y, idx = next(d.ssl_batches(4, 0, 0))
+    assert x.shape == (4, 3, 32, 32) and torch.equal(d.train[idx], x) and torch.equal(d.train_labels[idx], y)
 
 
 def test_imagefolder_large_images_use_loader_crops(tmp_path):
@@ -133,7 +133,7 @@ def test_imagefolder_large_images_use_loader_crops(tmp_path):
     d = common.load_data("imagefolder", str(tmp_path), 0, "cpu")
     assert d.large and d.image_size == 224
     views = common.symmetric_views(96)
-    crops, y = next(d.ssl_batches(4, 0, 0, views))
+    crops, y, idx = next(d.ssl_batches(4, 0, 0, views))
     assert [c.shape for c in crops] == [(4, 3, 96, 96)] * 2 and crops[0].dtype == torch.uint8
     x, _ = next(d.eval_batches("test"))
     assert x.shape == (4, 3, 224, 224)
