@@ -60,7 +60,8 @@ SMALL_MAX = 96  # images up to this size are decoded once into a uint8 tensor on
 
 
 def make_synthetic(n: int, seed: int, size: int = 32, num_classes: int = 10):
-    """Ten texture classes (stripes, checkers, rings, squares, blobs, grids...) with random frequency, phase and colours.
+    """Ten texture classes (stripes, checkers, rings, squares, blobs, grids...) with random phase, position and a
+    palette colour.
     Class identity lives in the spatial structure, which survives crops, flips, colour jitter and grayscale,
     so SSL on it beats a random network. Returns uint8 (n, 3, size, size) and labels (n,)."""
     g = torch.Generator().manual_seed(seed)
@@ -80,7 +81,11 @@ def make_synthetic(n: int, seed: int, size: int = 32, num_classes: int = 10):
             (xx * torch.cos(theta) + yy * torch.sin(theta)) / size * 2, (torch.cos(f * xx + p1) + torch.cos(f * yy + p2) > 1.0) * 2.0 - 1]
     v = torch.stack([p.expand(n, size, size) for p in pats])[y, torch.arange(n)]  # (n, S, S): class y's pattern
     v = torch.sigmoid(2 * v)[:, None]  # (n, 1, S, S) in (0, 1)
-    c0, c1 = u(n, 3, 1, 1), u(n, 3, 1, 1)
+    # colours from a small palette shared by all classes: colour tells neither the class nor the instance, so
+    # the views can only be matched through structure (unique random colours would be an instance shortcut)
+    palette = torch.rand(6, 2, 3, generator=torch.Generator().manual_seed(7))
+    pick = palette[torch.randint(0, 6, (n,), generator=g)]  # (n, 2, 3)
+    c0, c1 = [(pick[:, i] + 0.05 * torch.randn(n, 3, generator=g)).view(n, 3, 1, 1) for i in (0, 1)]
     img = c0 * (1 - v) + c1 * v + 0.05 * torch.randn(n, 3, size, size, generator=g)
     return (img.clamp(0, 1) * 255).round().to(torch.uint8), y
 
@@ -910,7 +915,7 @@ class Run:
         `feats` (backbone features of view 1). Values are flushed to tensorboard in batches: no per-step sync."""
         if feats is not None:
             scalars["losses/online_linear"], scalars["charts/online_linear_train_top1"] = self.probe.step(feats, labels)
-        scalars = {k.replace("__", "/"): v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v)) for k, v in scalars.items()}
+        scalars = {k.replace("__", "/"): v.detach().float().clone() if torch.is_tensor(v) else torch.tensor(float(v)) for k, v in scalars.items()}
         self._pending.append((self.step_count, scalars))
         if len(self._pending) >= 50:
             self.flush()
@@ -919,20 +924,21 @@ class Run:
         """Write pending scalars, check the losses are finite, print the progress line (every ~10 s)."""
         if not self._pending:
             return
-        keys = sorted({k for _, s in self._pending for k in s})
-        vals = torch.stack([torch.stack([s.get(k, torch.tensor(float("nan"))).to(self.device) for k in keys]) for _, s in self._pending]).tolist()
+        # one device->host transfer for all pending values; a key missing from a step is skipped, not NaN-filled
+        flat = [(step, k, v) for step, s in self._pending for k, v in s.items()]
+        vals = torch.stack([v.to(self.device) for _, _, v in flat]).tolist()
         now = time.time()
         vps = self._views_seen / max(now - self._tick, 1e-9)
-        for (step, _), row in zip(self._pending, vals):
-            for k, v in zip(keys, row):
-                if k.startswith("losses/") and not math.isfinite(v):
-                    where = self.last_ckpt or "none saved yet"
-                    raise UserError(f"{k} is {v} at step {step}: training diverged. Last good checkpoint: {where}. "
-                                    "Try a lower --lr or --precision fp32.")
-                if math.isfinite(v):
-                    self.writer.add_scalar(k, v, step)
+        last = {}
+        for (step, k, _), v in zip(flat, vals):
+            last[k] = v
+            if k.startswith("losses/") and not math.isfinite(v):
+                where = self.last_ckpt or "none saved yet"
+                raise UserError(f"{k} is {v} at step {step}: training diverged. Last good checkpoint: {where}. "
+                                "Try a lower --lr or --precision fp32.")
+            if math.isfinite(v):
+                self.writer.add_scalar(k, v, step)
         self.writer.add_scalar("charts/views_per_sec", vps, self.step_count)
-        last = dict(zip(keys, vals[-1]))
         self._pending, self._views_seen, self._tick = [], 0, now
         if force_print or now - self._last_print > 10:
             self._last_print = now

@@ -178,8 +178,9 @@ def _cov_eigvals(x):
     if x.dim() != 2 or x.shape[0] < 2:
         raise ValueError(f"x must be (N, D) with N >= 2, got {tuple(x.shape)}")
     xc = x - x.mean(dim=0, keepdim=True)
-    cov = xc.T @ xc / (x.shape[0] - 1)
-    return torch.linalg.eigvalsh(cov).clamp(min=0).flip(0)
+    # the nonzero eigenvalues of xc^T xc (D x D) and xc xc^T (N x N) agree: decompose the smaller one
+    m = xc.T @ xc if x.shape[1] <= x.shape[0] else xc @ xc.T
+    return (torch.linalg.eigvalsh(m) / (x.shape[0] - 1)).clamp(min=0).flip(0)
 
 
 def eigen_count(x, threshold=0.01):
