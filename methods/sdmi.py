@@ -1,0 +1,198 @@
+"""SDMI: Self-Distillation Mutual Information maximization.
+Sabby, Sui, Wu, Cresswell, Wu, "Self-Supervised Representation Learning as Mutual Information Maximization",
+2025, arXiv:2510.01345 (our reading of the paper; its official code was not available to us).
+
+Two encoders, f = (backbone, projector) with a predictor h, and g = (backbone, projector), both trained by gradient
+(no EMA), maximize the Donsker-Varadhan lower bound I(Z_A; Z_B) >= E_p(za,zb)[T] - log E_p(za)p(zb)[exp T] with the
+cosine critic T(a, b) = cos(a, b) / tau ("cos-DV"). They take turns: an f-step maximizes the bound between h(f(x_a))
+and sg(g(x_b)); a g-step maximizes it between sg(h(f(x_a))) and g(x_b). The stop-gradient is what realizes "hold
+the other encoder fixed" of the alternating optimization. Collapse is prevented by the marginal term: the
+log-mean-exp of T over the in-batch pairs (i != j) is large when h(f(x_i)) is close to g(x_j) for different
+images, so a constant embedding gets a bound of 0 while spread-out embeddings get up to 1/tau. With
+`--marginal predictor` the marginal term is dropped and only the predictor (with the alternation) stands in for
+it, as in BYOL/SimSiam; that is weaker: partial dimensional collapse on synthetic data, and g collapsed within
+150 steps on CIFAR-10 (see 3.).
+MI reading (Sabby et al. 2025): SDMI paradigm; the log-mean-exp over in-batch negatives (default) or the predictor h alone (--marginal predictor) stands in for the marginal term.
+
+    python methods/sdmi.py --dataset cifar10
+    python methods/sdmi.py --dataset synthetic --backbone tiny --epochs 5      # CPU, no files needed
+
+Implementation details (optimizer = solo-learn's tuned BYOL recipe for CIFAR, scripts/pretrain/cifar/byol.yaml):
+1. Two encoders built independently (different random init; `--g-init copy` starts g as a copy of f; the paper
+   does not say). Phase of step t (1-based): floor((t - 1) / K) mod 2, 0 = f-step first, K = `--alternate-every`
+   (default 1: the encoders alternate every step). Each encoder has its own optimizer (own momentum), stepped
+   only in its own phase, so weight decay also acts only then. Views swapped symmetrically: the step maximizes
+   the mean of the bound over (view 1 -> view 2) and (view 2 -> view 1).
+2. The held-fixed side runs under no_grad (the stop-gradient), in train mode on batch statistics like BYOL's
+   target; the predictor h belongs to f: it is trained in f-steps and held fixed in g-steps.
+3. `--marginal dv` (default): the full cos-DV bound, marginal term = log of the mean of exp(S_ij) over the
+   N(N-1) off-diagonal pairs of the batch. `--marginal predictor`: joint term only. `--no-predictor`: h = identity
+   (ablation; with `--marginal predictor` too, nothing stands in for the marginal term). Default dv, chosen by a
+   short CPU comparison on real CIFAR-10 (tiny backbone, 150 steps, batch 128, no warmup, seed 0; weak evidence);
+   f / g, erank of Z on the held-out batch at step 150 (256-d):
+       dv                 kNN 31.33 / 29.97  linear 37.89 / 37.69  erank Z 3.7 / 2.1 (1.8 / 1.7 at step 50)
+       predictor          kNN 28.19 / 29.88  linear 30.17 / 30.79  erank Z 2.0 / 1.1 (joint term at 1/tau: collapse)
+       dv --no-predictor  kNN 30.37 / 30.83  linear 37.83 / 39.54  erank Z 4.4 / 3.5
+       random init (f)    kNN 32.37          linear 36.17
+   At 150 steps dv has not yet moved kNN past random init (a BYOL-like slow start) but keeps linear above it,
+   while predictor-only has already collapsed. On the issue's synthetic probe (two 64-d MLP encoders, T 0.2): dv
+   kNN 85.1 / 84.6, erank Z 18 of 32; predictor 74.4 / 75.7, erank 8 / 5; the paper's ablations also find the
+   marginal term necessary. The probe of tests/test_objectives_mi.py agrees (erank Z of 32, f / g): dv 26.6 /
+   24.7, predictor 23.9 / 8.8, dv --no-predictor 28.3 / 28.3, predictor --no-predictor 9.2 / 9.5.
+4. Temperature 0.1 (the paper's example command). Projector 3 layers, (Linear-BN-ReLU) x 2 + Linear to 256, no
+   final BN (paper: "projection 256 with 3 layers"); hidden width 2048, not given by the paper (solo-learn
+   SimSiam's 3-layer projector width; `--proj-hidden-dim`). Predictor Linear(4096)-BN-ReLU-Linear(256) as
+   solo-learn's BYOL (`--pred-hidden-dim`).
+5. LARS (eta 0.02, clipped, biases/norms excluded), lr 1.0 x batch/256, wd 1e-5, 10 warmup epochs, cosine, on
+   both encoders (solo-learn BYOL). The paper's command uses lr 0.05 at batch 64, wd 1e-4 (about `--optimizer sgd
+   --lr 0.2 --weight-decay 1e-4` here, with the batch/256 scaling).
+6. Asymmetric (BYOL) augmentation: jitter (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2, no blur, solarization 0.0 on
+   view 1 and 0.2 on view 2; both encoders see both views.
+7. Evaluation of both encoders, as the paper's Table 1: kNN and linear probe on f (tags without suffix) and on g
+   (suffix _g); online probe on f's backbone features of view 1; R = backbone output, Z = projector output (not h).
+8. Logged: losses/joint = -mean_i S_ii (minus the joint term), losses/marginal = +log-mean-exp term (0 with
+   `--marginal predictor`), losses/total = their sum = -objective; charts/phase (0 = f-step, 1 = g-step).
+"""
+import copy
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
+
+
+@dataclass
+class Args:
+    dataset: common.DatasetName = "cifar10"
+    """dataset; `synthetic` needs no files, `imagefolder` reads DATA_DIR/train and DATA_DIR/val (or test)"""
+    data_dir: str = "data"
+    """where the dataset lives or is downloaded to (medmnist: the .npz file)"""
+    backbone: common.BackboneName = "resnet18"
+    """backbone (CIFAR stem for images <= 64 px); `tiny` is a narrow ResNet for CPU runs"""
+    epochs: int = 1000
+    """training epochs"""
+    batch_size: int = 256
+    """images per step (two views each)"""
+    optimizer: common.OptimizerName = "lars"
+    """optimizer of the SSL parameters"""
+    lr: float = 1.0
+    """base learning rate at batch 256 (scaled by batch_size/256)"""
+    weight_decay: float = 1e-5
+    """weight decay (not applied to biases and norm parameters)"""
+    warmup_epochs: int = 10
+    """linear warmup epochs before the cosine decay"""
+    seed: int = 0
+    """seed of weights, data order and augmentations"""
+    device: str = "auto"
+    """auto (cuda if available), cpu, cuda, cuda:1..."""
+    precision: common.Precision = "auto"
+    """autocast dtype; auto = bf16 on CUDA, fp32 on CPU"""
+    deterministic: bool = False
+    """deterministic kernels (slower on GPU)"""
+    compile: bool = False
+    """torch.compile the backbone"""
+    eval_every: int = 50
+    """kNN and online-probe test accuracy every N epochs (0: only at the end)"""
+    mi_every: int = 500
+    """MI estimates and dimensionality metrics on a fixed held-out batch every N steps (0: never)"""
+    save_every: int = 50
+    """checkpoint every N epochs, and at the end (0: only backbone.pt at the end)"""
+    max_steps: int = 0
+    """stop after N optimizer steps (0: run all epochs); the schedules still span all epochs"""
+    resume: Optional[str] = None
+    """continue from this checkpoint (its run directory is reused)"""
+    exp_name: str = ""
+    """run name in runs/{dataset}__{exp_name}__{seed}__{time} (default: the method)"""
+    # method-specific
+    temperature: float = 0.1
+    """critic temperature tau: T(a, b) = cos(a, b) / tau"""
+    marginal: Literal["dv", "predictor"] = "dv"
+    """dv: joint term minus log-mean-exp over in-batch negatives; predictor: joint term only (h is the surrogate)"""
+    predictor: bool = True
+    """use the predictor h on the f side (--no-predictor: h = identity, an ablation)"""
+    alternate_every: int = 1
+    """K: optimizer steps per phase (K f-steps, then K g-steps, ...)"""
+    g_init: Literal["independent", "copy"] = "independent"
+    """g's initial weights: its own random init, or a copy of f's"""
+    proj_hidden_dim: int = 2048
+    """projector hidden width"""
+    proj_output_dim: int = 256
+    """projector output width (Z)"""
+    proj_layers: int = 3
+    """projector depth (Linear layers)"""
+    pred_hidden_dim: int = 4096
+    """predictor hidden width"""
+
+
+def sdmi_objective(p: torch.Tensor, z: torch.Tensor, temperature: float, marginal: str) -> torch.Tensor:
+    """cos-DV between p = h(f(x_a)) and z = g(x_b), to MAXIMIZE: mean_i S_ii - log mean_{i != j} exp(S_ij)
+    with S_ij = cos(p_i, z_j) / tau; marginal='predictor' keeps the joint term only. No stop-gradient here:
+    the caller holds one side fixed (f-step: z; g-step: p)."""
+    s = F.normalize(p, dim=1) @ F.normalize(z, dim=1).T / temperature  # S: (N, N), positives on the diagonal
+    joint = s.diagonal().mean()  # E_p(za,zb)[T]
+    if marginal == "predictor":
+        return joint
+    n = s.shape[0]
+    off = s[~torch.eye(n, dtype=torch.bool, device=s.device)]  # samples of p(za)p(zb): (N(N-1),)
+    return joint - (torch.logsumexp(off, 0) - math.log(n * (n - 1)))  # log E_p(za)p(zb)[exp T]
+
+
+def sdmi_phase(step: int, alternate_every: int) -> int:
+    """0 (f-step) or 1 (g-step) for the 1-based optimizer step: K f-steps, then K g-steps, and so on."""
+    return (step - 1) // alternate_every % 2
+
+
+def main(args: Args):
+    if args.alternate_every < 1:
+        raise common.UserError("--alternate-every must be >= 1.")
+    run = common.Run(args, "sdmi")
+    aug = run.augment(common.asymmetric_views(run.data.image_size))
+    f_backbone, feat_dim = common.build_backbone(args.backbone, run.data.image_size)
+    f_projector = common.mlp(feat_dim, args.proj_hidden_dim, args.proj_output_dim, layers=args.proj_layers)
+    h = common.mlp(args.proj_output_dim, args.pred_hidden_dim, args.proj_output_dim)  # predictor h (part of f's side)
+    h = h if args.predictor else nn.Identity()  # h built either way: g's init does not depend on --no-predictor
+    if args.g_init == "copy":
+        g_backbone, g_projector = copy.deepcopy(f_backbone), copy.deepcopy(f_projector)
+    else:
+        g_backbone, _ = common.build_backbone(args.backbone, run.data.image_size)
+        g_projector = common.mlp(feat_dim, args.proj_hidden_dim, args.proj_output_dim, layers=args.proj_layers)
+    f, g = nn.Sequential(f_backbone, f_projector), nn.Sequential(g_backbone, g_projector)
+    model = run.prepare(nn.ModuleDict(dict(f=f, predictor=h, g=g)))
+    lr = common.scaled_lr(args.lr, args.batch_size)
+    opt_f = common.make_optimizer(args.optimizer, common.param_groups(nn.ModuleList([f, h]), args.weight_decay), lr)
+    opt_g = common.make_optimizer(args.optimizer, common.param_groups(g, args.weight_decay), lr)
+    run.track(model, [opt_f, opt_g], {"main": (f_backbone, f_projector), "g": (g_backbone, g_projector)}, feat_dim)
+
+    for epoch in run.epochs():
+        for x, y in run.batches(epoch):
+            lr = run.update_lr()
+            phase = sdmi_phase(run.step_count, args.alternate_every)
+            x1, x2 = (run.cl(v) for v in aug(x, run.gen))
+            with run.autocast():
+                with torch.set_grad_enabled(phase == 0):  # why: in a g-step f and h are held fixed (stop-gradient)
+                    r1, r2 = f_backbone(x1), f_backbone(x2)  # R: (N, feat_dim)
+                    p1, p2 = h(f_projector(r1)), h(f_projector(r2))  # h(f(x)): (N, proj_output_dim)
+                with torch.set_grad_enabled(phase == 1):  # why: in an f-step g is held fixed (stop-gradient)
+                    z1, z2 = g(x1), g(x2)  # g(x): (N, proj_output_dim)
+            p1, p2, z1, z2 = p1.float(), p2.float(), z1.float(), z2.float()
+            objective = (sdmi_objective(p1, z2, args.temperature, args.marginal)
+                         + sdmi_objective(p2, z1, args.temperature, args.marginal)) / 2
+            loss = -objective
+            run.step(loss, opt_f if phase == 0 else opt_g)
+            with torch.no_grad():
+                joint = (F.cosine_similarity(p1, z2).mean() + F.cosine_similarity(p2, z1).mean()) / 2 / args.temperature
+            run.log(r1, y, losses__joint=-joint, losses__marginal=joint - objective, losses__total=loss,
+                    charts__learning_rate=lr, charts__phase=phase)
+    run.finish()
+
+
+if __name__ == "__main__":
+    common.cli(main, Args)
