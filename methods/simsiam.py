@@ -1,0 +1,139 @@
+"""SimSiam: Exploring Simple Siamese Representation Learning.
+Chen, He, 2021, arXiv:2011.10566.
+
+One encoder (backbone + projector) embeds both views; a predictor MLP on one branch regresses the other branch's
+projection, which is treated as a constant (stop-gradient); the negative cosine is symmetrized over the two views.
+There are no negatives, no momentum encoder and no large batch. Collapse is a solution of the loss, and what keeps
+the network away from it is the stop-gradient together with the predictor: without the stop-gradient the output
+collapses to a constant at once (paper, Fig. 2). `charts/z_std`, the std of the l2-normalized projection per
+dimension averaged over dimensions, is the paper's collapse monitor: ~0 when collapsed, ~1/sqrt(D) when not.
+MI reading (Sabby et al. 2025): SDMI paradigm, g = the same encoder frozen by the stop-gradient; the predictor with
+the stop-gradient stands in for the marginal term.
+
+    python methods/simsiam.py --dataset cifar10
+    python methods/simsiam.py --dataset synthetic --backbone tiny --epochs 5      # CPU, no files needed
+
+Implementation details (defaults = solo-learn's tuned CIFAR recipe, scripts/pretrain/cifar/simsiam.yaml):
+1. Symmetric weak augmentation (the paper's, from MoCo v2): crop scale 0.08-1, jitter (0.4, 0.4, 0.4, 0.1) p 0.8,
+   grayscale 0.2, blur p 0.5.
+2. Projector (Linear-BN-ReLU) x 2 then Linear(2048)-BN, BN on every layer including the output, as the paper's
+   ImageNet projector; the output BN has no affine parameters and the Linear layers before BNs no bias, as the
+   official code and solo-learn. The paper's CIFAR variant has 2 layers: `--proj-layers 2`. 3 is the default
+   because solo-learn's CIFAR recipe, whose lr/wd we use and whose 90.51 / 66.04 we compare to, has 3.
+3. Predictor Linear(2048, 512)-BN-ReLU-Linear(512, 2048), no BN on its output, as the paper.
+4. SGD (momentum 0.9), lr 0.5 x batch/256, wd 1e-5 (solo-learn; the paper on ImageNet: 0.05 x batch/256, wd 1e-4),
+   10 warmup epochs then cosine (solo-learn; the paper has no warmup at batch 512: `--warmup-epochs 0`). Weight
+   decay skips biases and norm parameters (the paper decays all; no flag).
+5. The predictor's lr is kept at the batch-scaled base lr all run long, through warmup and cosine (paper, Sec. 4.2
+   and Table 1: slightly better; official code and solo-learn likewise); `--no-fix-pred-lr` schedules it too.
+6. Loss L = D(p1, sg(z2)) / 2 + D(p2, sg(z1)) / 2 with D(p, z) = -cos(p, z), as the paper (minimum -1).
+7. Evaluation: see README (online probe, kNN, offline linear probe); R = backbone output, Z = projector output.
+"""
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
+
+
+@dataclass
+class Args:
+    dataset: common.DatasetName = "cifar10"
+    """dataset; `synthetic` needs no files, `imagefolder` reads DATA_DIR/train and DATA_DIR/val (or test)"""
+    data_dir: str = "data"
+    """where the dataset lives or is downloaded to (medmnist: the .npz file)"""
+    backbone: common.BackboneName = "resnet18"
+    """backbone (CIFAR stem for images <= 64 px); `tiny` is a narrow ResNet for CPU runs"""
+    epochs: int = 1000
+    """training epochs"""
+    batch_size: int = 256
+    """images per step (two views each)"""
+    optimizer: common.OptimizerName = "sgd"
+    """optimizer of the SSL parameters"""
+    lr: float = 0.5
+    """base learning rate at batch 256 (scaled by batch_size/256)"""
+    weight_decay: float = 1e-5
+    """weight decay (not applied to biases and norm parameters)"""
+    warmup_epochs: int = 10
+    """linear warmup epochs before the cosine decay"""
+    seed: int = 0
+    """seed of weights, data order and augmentations"""
+    device: str = "auto"
+    """auto (cuda if available), cpu, cuda, cuda:1..."""
+    precision: common.Precision = "auto"
+    """autocast dtype; auto = bf16 on CUDA, fp32 on CPU"""
+    deterministic: bool = False
+    """deterministic kernels (slower on GPU)"""
+    compile: bool = False
+    """torch.compile the backbone"""
+    eval_every: int = 50
+    """kNN and online-probe test accuracy every N epochs (0: only at the end)"""
+    mi_every: int = 500
+    """MI estimates and dimensionality metrics on a fixed held-out batch every N steps (0: never)"""
+    save_every: int = 50
+    """checkpoint every N epochs, and at the end (0: only backbone.pt at the end)"""
+    max_steps: int = 0
+    """stop after N optimizer steps (0: run all epochs); the schedules still span all epochs"""
+    resume: Optional[str] = None
+    """continue from this checkpoint (its run directory is reused)"""
+    exp_name: str = ""
+    """run name in runs/{dataset}__{exp_name}__{seed}__{time} (default: the method)"""
+    # method-specific
+    proj_hidden_dim: int = 2048
+    """projector hidden width"""
+    proj_output_dim: int = 2048
+    """projector output width (Z)"""
+    proj_layers: int = 3
+    """projector Linear layers (3: the paper's ImageNet design and solo-learn; 2: the paper's CIFAR variant)"""
+    pred_hidden_dim: int = 512
+    """predictor bottleneck width"""
+    fix_pred_lr: bool = True
+    """keep the predictor's lr at the base lr (no warmup, no cosine), as the paper"""
+
+
+def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """D(p, z) = -cos(p, sg(z)), averaged over the batch; z is a constant here (the stop-gradient)."""
+    return -F.cosine_similarity(p, z.detach(), dim=-1).mean()  # p, z: (N, D)
+
+
+def main(args: Args):
+    if args.proj_layers < 1:
+        raise common.UserError("--proj-layers must be >= 1.")
+    run = common.Run(args, "simsiam")
+    aug = run.augment(common.symmetric_weak_views(run.data.image_size))
+    backbone, feat_dim = common.build_backbone(args.backbone, run.data.image_size)
+    projector = common.mlp(feat_dim, args.proj_hidden_dim, args.proj_output_dim, layers=args.proj_layers,
+                           last_bn=True, last_bn_affine=False)
+    predictor = common.mlp(args.proj_output_dim, args.pred_hidden_dim, args.proj_output_dim)
+    model = run.prepare(nn.ModuleDict(dict(backbone=backbone, projector=projector, predictor=predictor)))
+    encoder = nn.ModuleList([backbone, projector])
+    groups = (common.param_groups(encoder, args.weight_decay)
+              + common.param_groups(predictor, args.weight_decay, fixed_lr=args.fix_pred_lr))  # why: paper, Table 1
+    optimizer = common.make_optimizer(args.optimizer, groups, common.scaled_lr(args.lr, args.batch_size))
+    run.track(model, optimizer, {"main": (backbone, projector)}, feat_dim)
+
+    for epoch in run.epochs():
+        for x, y in run.batches(epoch):
+            lr = run.update_lr()
+            x1, x2 = aug(x, run.gen)
+            with run.autocast():
+                r1, r2 = backbone(run.cl(x1)), backbone(run.cl(x2))  # R: (N, feat_dim)
+                z1, z2 = projector(r1), projector(r2)  # Z: (N, proj_output_dim)
+                p1, p2 = predictor(z1), predictor(z2)  # (N, proj_output_dim)
+            loss = negative_cosine(p1.float(), z2.float()) / 2 + negative_cosine(p2.float(), z1.float()) / 2
+            run.step(loss, optimizer)
+            z_std = F.normalize(z1.detach().float(), dim=1).std(dim=0).mean()  # collapse monitor (paper, Fig. 2)
+            run.log(r1, y, losses__negative_cosine=loss, losses__total=loss, charts__learning_rate=lr,
+                    charts__z_std=z_std)
+    run.finish()
+
+
+if __name__ == "__main__":
+    common.cli(main, Args)
