@@ -1,0 +1,216 @@
+"""AdaDim: Dimensionality Adaptation for SSL Representational Dynamics.
+Kokilepersaud, Prabhushankar, AlRegib, 2025, arXiv:2505.12576. No official code; this file is our reading.
+
+One encoder, two views, and a loss that moves from feature decorrelation to sample uniformity as the representation
+R spreads out: L = alpha * L_NCE + (1 - alpha) * L_VICReg + beta * gamma * I(R;Z). L_NCE is SimCLR's InfoNCE
+(uniform spread of samples), L_VICReg the VICReg loss (decorrelated features); alpha is the effective rank of R
+divided by its largest possible value, re-measured every --alpha-every epochs, so it grows from about 0 towards 1.
+Collapse is prevented by both terms: VICReg's variance hinge and covariance penalty keep every dimension alive, and
+InfoNCE's in-batch negatives make a constant embedding costly. I(R;Z) is the matrix-based Renyi-2 mutual information
+between backbone output R and projection Z on the batch. Sign: a positive --beta PENALIZES I(R;Z) (the loss is
+minimized); the paper's text can be read either way, so negative values (rewarding I(R;Z)) are allowed and the term
+is logged on its own as losses/mi_RZ.
+MI reading (Sabby et al. 2025): JMI paradigm, one shared encoder; in-batch negatives (weight alpha) and VICReg's variance-covariance regularizer (weight 1 - alpha) stand in for the marginal term.
+
+    python methods/adadim.py --dataset cifar100
+    python methods/adadim.py --dataset synthetic --backbone tiny --epochs 5 --alpha-every 1   # CPU, no files needed
+    python methods/adadim.py --dataset cifar100 --alpha-mode fixed --alpha 0.5               # the paper's ablations
+
+Copying this file elsewhere needs common.py and its two sibling method files: L_NCE is imported from simclr.py and
+L_VICReg from vicreg.py (AdaDim is by definition a mix of the two; the code is reused, not copied).
+Implementation details (defaults = the paper's CIFAR setting where it gives one):
+1. Symmetric (SimCLR) augmentation: crop scale 0.08-1, jitter (0.8, 0.8, 0.8, 0.2) p 0.8, grayscale 0.2, blur p 0.5.
+2. Projector 2048-2048-2048 (paper), laid out as VICReg's: (Linear-BN-ReLU) x 2 + Linear.
+3. LARS (eta 0.02, clipped, biases/norms excluded), lr 0.4 x batch/256, wd 1e-4, batch 256, 400 epochs (paper);
+   10 warmup epochs then cosine (solo-learn). Backbone ResNet-18; the paper used ResNet-50 on CIFAR (--backbone
+   resnet50) and ResNet-18 on ImageNet-100.
+4. L_NCE: NT-Xent with temperature 0.2 (solo-learn's SimCLR CIFAR value; the paper does not give one we could find,
+   --temperature). L_VICReg: invariance 25, variance 25, covariance 1 (VICReg paper).
+5. alpha (--alpha-mode ada) = mean effective rank (Roy & Vetterli 2007, estimators.effective_rank, uncentered) over
+   10 random training batches (--alpha-batches), one augmented view each, networks in eval mode, divided by
+   min(batch size, dimension). The paper says "scale by the maximum possible dimensionality"; dividing by the
+   dimension alone could never reach 1 with 256 samples and 512-d R, so we divide by the rank's largest possible
+   value. Measured at the start of every --alpha-every (20) epochs, first at epoch 0. The paper's method text uses
+   R, a review of it says Z: --alpha-space R|Z (default R). The batches and their augmentation come from their own
+   (seed, epoch)-seeded generators, so measuring alpha does not change the training views (ablations see the same data).
+6. Ablations: --alpha-mode fixed --alpha A (the paper: 0, 0.5, 1); linear (alpha = t/T) and cosine
+   (alpha = (1 - cos(pi t/T)) / 2) growth from 0 to 1 over all steps.
+7. beta 1e-4 (paper), gamma = alpha (--gamma ada) or 1 (--gamma one). I(R;Z) is computed differentiably on each
+   view's (R, Z) pair and averaged; Renyi order 2, where S_2(A) = -log ||A||_F^2 needs no eigendecomposition, on
+   trace-normalized Gram matrices of L2-normalized rows (equal to estimators.matrix_mutual_information).
+8. alpha is a buffer of the model passed to run.track (checkpointed, --resume exact); charts/alpha is logged every
+   step, dim/alpha_erank whenever alpha is re-measured; losses/nce and losses/vicreg are the unweighted terms.
+9. Evaluation: R = backbone output, Z = projector output.
+"""
+import itertools
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling method files simclr.py and vicreg.py
+import common  # noqa: E402
+import estimators  # noqa: E402
+from simclr import info_nce_loss  # noqa: E402
+from vicreg import vicreg_loss  # noqa: E402
+
+
+@dataclass
+class Args:
+    dataset: common.DatasetName = "cifar10"
+    """dataset; `synthetic` needs no files, `imagefolder` reads DATA_DIR/train and DATA_DIR/val (or test)"""
+    data_dir: str = "data"
+    """where the dataset lives or is downloaded to (medmnist: the .npz file)"""
+    backbone: common.BackboneName = "resnet18"
+    """backbone (CIFAR stem for images <= 64 px); `tiny` is a narrow ResNet for CPU runs"""
+    epochs: int = 400
+    """training epochs"""
+    batch_size: int = 256
+    """images per step (two views each)"""
+    optimizer: common.OptimizerName = "lars"
+    """optimizer of the SSL parameters"""
+    lr: float = 0.4
+    """base learning rate at batch 256 (scaled by batch_size/256)"""
+    weight_decay: float = 1e-4
+    """weight decay (not applied to biases and norm parameters)"""
+    warmup_epochs: int = 10
+    """linear warmup epochs before the cosine decay"""
+    seed: int = 0
+    """seed of weights, data order and augmentations"""
+    device: str = "auto"
+    """auto (cuda if available), cpu, cuda, cuda:1..."""
+    precision: common.Precision = "auto"
+    """autocast dtype; auto = bf16 on CUDA, fp32 on CPU"""
+    deterministic: bool = False
+    """deterministic kernels (slower on GPU)"""
+    compile: bool = False
+    """torch.compile the backbone"""
+    eval_every: int = 50
+    """kNN and online-probe test accuracy every N epochs (0: only at the end)"""
+    mi_every: int = 500
+    """MI estimates and dimensionality metrics on a fixed held-out batch every N steps (0: never)"""
+    save_every: int = 50
+    """checkpoint every N epochs, and at the end (0: only backbone.pt at the end)"""
+    max_steps: int = 0
+    """stop after N optimizer steps (0: run all epochs); the schedules still span all epochs"""
+    resume: Optional[str] = None
+    """continue from this checkpoint (its run directory is reused)"""
+    exp_name: str = ""
+    """run name in runs/{dataset}__{exp_name}__{seed}__{time} (default: the method)"""
+    # method-specific
+    temperature: float = 0.2
+    """NT-Xent temperature of L_NCE"""
+    proj_hidden_dim: int = 2048
+    """projector hidden width"""
+    proj_output_dim: int = 2048
+    """projector output width (Z)"""
+    alpha_mode: Literal["ada", "fixed", "linear", "cosine"] = "ada"
+    """ada: alpha from the effective rank; fixed: --alpha; linear/cosine: growth from 0 to 1 over training"""
+    alpha: float = 0.5
+    """alpha of --alpha-mode fixed (the paper's ablations: 0, 0.5, 1)"""
+    alpha_every: int = 20
+    """re-measure alpha at the start of every N epochs (--alpha-mode ada)"""
+    alpha_batches: int = 10
+    """random training batches over which the effective rank is averaged"""
+    alpha_space: Literal["R", "Z"] = "R"
+    """measure alpha on the representation R (paper's method text) or on the embedding Z"""
+    beta: float = 1e-4
+    """weight of I(R;Z); positive penalizes I(R;Z), negative rewards it"""
+    gamma: Literal["ada", "one"] = "ada"
+    """gamma = alpha (ada) or 1 (one) in the beta * gamma * I(R;Z) term"""
+
+
+def renyi2_mutual_information(r: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Matrix-based Renyi-2 MI (Sanchez Giraldo et al. 2014), differentiable: I = S_2(A) + S_2(B) - S_2(A o B / tr),
+    A, B trace-normalized Gram matrices of the L2-normalized rows of r (N, D_R) and z (N, D_Z), o = Hadamard product.
+    For symmetric A with trace 1, S_2(A) = -log sum_i lambda_i^2 = -log ||A||_F^2."""
+    def gram(x):
+        x = F.normalize(x, dim=1)
+        k = x @ x.T  # (N, N)
+        return k / k.trace()
+
+    def s2(a):
+        return -torch.log((a * a).sum())
+
+    a, b = gram(r), gram(z)
+    ab = a * b
+    return s2(a) + s2(b) - s2(ab / ab.trace())
+
+
+def adadim_loss(r1, r2, z1, z2, alpha, gamma, beta: float, temperature: float):
+    """L = alpha * L_NCE + (1 - alpha) * L_VICReg + beta * gamma * I(R;Z) on R (N, D_R) and Z (N, D_Z) of the two views.
+    Returns (L, L_NCE, L_VICReg, beta * gamma * I(R;Z)); alpha and gamma are constants (floats or 0-dim tensors)."""
+    nce = info_nce_loss(z1, z2, temperature)  # sample uniformity
+    vic = vicreg_loss(z1, z2, 25.0, 25.0, 1.0)[0]  # feature decorrelation
+    mi = (renyi2_mutual_information(r1, z1) + renyi2_mutual_information(r2, z2)) / 2
+    mi_term = beta * gamma * mi
+    return alpha * nce + (1 - alpha) * vic + mi_term, nce, vic, mi_term
+
+
+def dimensionality_alpha(feats):
+    """alpha = mean_b erank(F_b) / min(N, D) over batches F_b (N, D): about 0 for a collapsed representation, 1 when
+    all min(N, D) singular values are equal. Returns (alpha, mean effective rank)."""
+    erank = sum(estimators.effective_rank(f) for f in feats) / len(feats)
+    return erank / min(feats[0].shape), erank
+
+
+def main(args: Args):
+    if args.alpha_every < 1 or args.alpha_batches < 1:
+        raise common.UserError("--alpha-every and --alpha-batches must be >= 1.")
+    run = common.Run(args, "adadim")
+    aug = run.augment(common.symmetric_views(run.data.image_size))
+    backbone, feat_dim = common.build_backbone(args.backbone, run.data.image_size)
+    projector = common.mlp(feat_dim, args.proj_hidden_dim, args.proj_output_dim, layers=3)
+    model = nn.ModuleDict(dict(backbone=backbone, projector=projector))
+    model.register_buffer("alpha", torch.tensor(args.alpha if args.alpha_mode == "fixed" else 0.0))
+    model = run.prepare(model)
+    optimizer = common.make_optimizer(args.optimizer, common.param_groups(model, args.weight_decay),
+                                      common.scaled_lr(args.lr, args.batch_size))
+    run.track(model, optimizer, {"main": (backbone, projector)}, feat_dim)
+
+    @torch.no_grad()
+    def measure_alpha(epoch: int):
+        """dimensionality_alpha of R (or Z) on --alpha-batches random training batches, one view, eval mode."""
+        g = torch.Generator(device=run.device).manual_seed((args.seed + 1) * 100_003 + epoch)  # not run.gen: see 5.
+        batches = run.data.ssl_batches(args.batch_size, epoch, args.seed + 1, run.views)
+        model.eval()
+        feats = []
+        for x, _, _ in itertools.islice(batches, args.alpha_batches):
+            with run.autocast():
+                r = backbone(run.cl(aug(x, g)[0]))  # (N, feat_dim)
+                feats.append((r if args.alpha_space == "R" else projector(r)).float())
+        model.train()
+        return dimensionality_alpha(feats)
+
+    for epoch in run.epochs():
+        if args.alpha_mode == "ada" and epoch % args.alpha_every == 0:
+            alpha, erank = measure_alpha(epoch)
+            model.alpha.fill_(alpha)
+            run.writer.add_scalar("dim/alpha_erank", erank, run.step_count)  # direct: run.log wants every loss term
+        for x, y in run.batches(epoch):
+            lr = run.update_lr()
+            if args.alpha_mode in ("linear", "cosine"):
+                t = (run.step_count - 1) / run.total_steps
+                model.alpha.fill_(t if args.alpha_mode == "linear" else (1 - math.cos(math.pi * t)) / 2)
+            gamma = model.alpha if args.gamma == "ada" else 1.0
+            x1, x2 = aug(x, run.gen)
+            with run.autocast():
+                r1, r2 = backbone(run.cl(x1)), backbone(run.cl(x2))  # R: (N, feat_dim)
+                z1, z2 = projector(r1), projector(r2)  # Z: (N, proj_output_dim)
+            loss, nce, vic, mi_term = adadim_loss(r1.float(), r2.float(), z1.float(), z2.float(), model.alpha, gamma,
+                                                  args.beta, args.temperature)
+            run.step(loss, optimizer)
+            run.log(r1, y, losses__nce=nce, losses__vicreg=vic, losses__mi_RZ=mi_term, losses__total=loss,
+                    charts__learning_rate=lr, charts__alpha=model.alpha.clone())  # clone: logs are flushed later
+    run.finish()
+
+
+if __name__ == "__main__":
+    common.cli(main, Args)
