@@ -1,0 +1,185 @@
+"""DeepCluster-v2, from: Unsupervised Learning of Visual Features by Contrasting Cluster Assignments.
+Caron, Misra, Mairal, Goyal, Bojanowski, Joulin, 2020, arXiv:2006.09882 (the DeepCluster-v2 variant of SwAV's paper).
+
+The embeddings of every training image are kept in a memory. At the start of each epoch, spherical k-means clusters
+that memory (three independent clusterings into 3000 clusters); during the epoch, every view of an image is trained to
+recognize the cluster of that image: a cross-entropy over the scores z . c_k against the centroids c_k, which act as
+fixed prototypes. Collapse is prevented by the clustering: the targets are recomputed on the whole data set each epoch
+and the 2999 other centroids, spread over the data, act as negatives, so an embedding that ignores the image cannot
+score its own cluster above the others.
+MI reading (Sabby et al. 2025): JMI paradigm, one shared encoder and every view gets gradients; k-means clustering of
+the whole memory (its centroids as the competing classes) stands in for the marginal term.
+
+    python methods/deepcluster_v2.py --dataset cifar10
+    python methods/deepcluster_v2.py --dataset synthetic --backbone tiny --epochs 5      # CPU, no files needed
+
+Implementation details (defaults = solo-learn's tuned CIFAR recipe, scripts/pretrain/cifar/deepclusterv2.yaml):
+1. Symmetric augmentation: crop scale 0.08-1, jitter (0.8, 0.8, 0.8, 0.2) p 0.8, grayscale 0.2, blur p 0.5.
+   No multi-crop on CIFAR (solo-learn); the paper uses SwAV's 2 x 224 + 6 x 96 px on ImageNet: --num-local-crops N
+   adds N views of --local-crop-size px (default half the image), crop scale 0.05-0.14, global views 0.14-1.
+2. Projector Linear(2048)-BN-ReLU-Linear(128) (paper, solo-learn); z = l2-normalized projector output.
+3. Memory (2, N_images, 128): z of the two global views of every training image, indexed by its dataset index
+   (run.batch_index), overwritten after each step (paper). Head h clusters the memory of global view h mod 2 (paper).
+4. First epoch: no clustering exists yet, so epoch 0 only fills the memory (no SSL loss, no optimizer step; the
+   online probe trains) and the clustering loss starts in epoch 1, on k-means of that memory (solo-learn). The paper's
+   code instead fills the memory before training with one extra no-grad pass over the data (init_memory). Images that
+   the drop_last batching skips keep their previous entry (a random unit vector before their first visit).
+5. k-means: spherical (cosine), 10 iterations, 3 heads x 3000 centroids (paper, solo-learn), initialized with random
+   memory entries drawn from a generator seeded by (seed, epoch), so --resume is exact; an empty cluster keeps its
+   previous centroid (paper). The centroids are the prototypes (buffers: they get no gradient).
+6. Loss: mean over heads of the cross-entropy between softmax(z . c / T), T 0.1, and the image's cluster, over all
+   views (paper).
+7. LARS (eta 0.02, clipped, biases/norms excluded), lr 0.6 x batch/256, wd 1e-6, 10 warmup epochs, cosine to 0;
+   solo-learn's yaml sets 11 warmup epochs (--warmup-epochs 11) and a minimum lr of 0.0006 (not exposed).
+8. Evaluation: see README (online probe, kNN, offline linear probe); R = backbone output, Z = projector output.
+"""
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
+
+
+@dataclass
+class Args:
+    dataset: common.DatasetName = "cifar10"
+    """dataset; `synthetic` needs no files, `imagefolder` reads DATA_DIR/train and DATA_DIR/val (or test)"""
+    data_dir: str = "data"
+    """where the dataset lives or is downloaded to (medmnist: the .npz file)"""
+    backbone: common.BackboneName = "resnet18"
+    """backbone (CIFAR stem for images <= 64 px); `tiny` is a narrow ResNet for CPU runs"""
+    epochs: int = 1000
+    """training epochs"""
+    batch_size: int = 256
+    """images per step (two views each)"""
+    optimizer: common.OptimizerName = "lars"
+    """optimizer of the SSL parameters"""
+    lr: float = 0.6
+    """base learning rate at batch 256 (scaled by batch_size/256)"""
+    weight_decay: float = 1e-6
+    """weight decay (not applied to biases and norm parameters)"""
+    warmup_epochs: int = 10
+    """linear warmup epochs before the cosine decay"""
+    seed: int = 0
+    """seed of weights, data order and augmentations"""
+    device: str = "auto"
+    """auto (cuda if available), cpu, cuda, cuda:1..."""
+    precision: common.Precision = "auto"
+    """autocast dtype; auto = bf16 on CUDA, fp32 on CPU"""
+    deterministic: bool = False
+    """deterministic kernels (slower on GPU)"""
+    compile: bool = False
+    """torch.compile the backbone"""
+    eval_every: int = 50
+    """kNN and online-probe test accuracy every N epochs (0: only at the end)"""
+    mi_every: int = 500
+    """MI estimates and dimensionality metrics on a fixed held-out batch every N steps (0: never)"""
+    save_every: int = 50
+    """checkpoint every N epochs, and at the end (0: only backbone.pt at the end)"""
+    max_steps: int = 0
+    """stop after N optimizer steps (0: run all epochs); the schedules still span all epochs"""
+    resume: Optional[str] = None
+    """continue from this checkpoint (its run directory is reused)"""
+    exp_name: str = ""
+    """run name in runs/{dataset}__{exp_name}__{seed}__{time} (default: the method)"""
+    # method-specific
+    temperature: float = 0.1
+    """softmax temperature of the cluster predictions"""
+    proj_hidden_dim: int = 2048
+    """projector hidden width"""
+    proj_output_dim: int = 128
+    """projector output width (Z), the dimension of the memory and the centroids"""
+    num_prototypes: Tuple[int, ...] = (3000, 3000, 3000)
+    """clusters of each k-means head (one number per head)"""
+    kmeans_iterations: int = 10
+    """k-means iterations at the start of every epoch"""
+    num_local_crops: int = 0
+    """extra small views for multi-crop (0: only the two global views, as solo-learn on CIFAR)"""
+    local_crop_size: int = 0
+    """size in px of the multi-crop local views (0: half the image size)"""
+
+
+@torch.no_grad()
+def kmeans(x: torch.Tensor, centroids: torch.Tensor, iterations: int, chunk: int = 8192):
+    """Spherical k-means of unit vectors x (N, D) from initial centroids (K, D): `iterations` rounds of (assign each
+    point to its most similar centroid; centroid = normalized mean of its points, an empty cluster keeps its
+    centroid), then a last assignment. Returns centroids (K, D) and assignments (N,)."""
+    def assign(c):  # chunks keep the (chunk, K) similarity matrix small
+        return torch.cat([(x[i:i + chunk] @ c.T).argmax(dim=1) for i in range(0, len(x), chunk)])
+
+    for _ in range(iterations):
+        a = assign(centroids)  # (N,)
+        sums = torch.zeros_like(centroids).index_add_(0, a, x)  # (K, D)
+        counts = torch.bincount(a, minlength=len(centroids))  # (K,)
+        centroids = torch.where(counts[:, None] > 0, F.normalize(sums, dim=1), centroids)
+    return centroids, assign(centroids)
+
+
+def deepcluster_loss(p: List[torch.Tensor], assignments: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Cross-entropy between softmax(p / T) and the image's cluster, over all views, averaged over the heads.
+    p: one (V, N, K_h) tensor of scores z . c per head h; assignments: (H, N) cluster of each image per head."""
+    losses = [F.cross_entropy(p_h.flatten(0, 1) / temperature, a_h.repeat(p_h.shape[0]))  # (V * N, K_h), view-major
+              for p_h, a_h in zip(p, assignments)]
+    return sum(losses) / len(losses)
+
+
+def main(args: Args):
+    run = common.Run(args, "deepcluster_v2")
+    if max(args.num_prototypes) > len(run.data):
+        raise common.UserError(f"--num-prototypes {max(args.num_prototypes)} exceeds the {len(run.data)} images.")
+    size = run.data.image_size
+    views = common.symmetric_views(size)
+    if args.num_local_crops:  # SwAV's multi-crop scales: local 0.05-0.14, global 0.14-1
+        views = common.multicrop_views(views, args.num_local_crops, args.local_crop_size or size // 2,
+                                       local_scale=(0.05, 0.14), global_scale=(0.14, 1.0))
+    aug = run.augment(views)
+    backbone, feat_dim = common.build_backbone(args.backbone, size)
+    projector = common.mlp(feat_dim, args.proj_hidden_dim, args.proj_output_dim)
+    model = nn.ModuleDict(dict(backbone=backbone, projector=projector))
+    # buffers, so they are checkpointed: the memory, and per head the centroids and the cluster of every image
+    model.register_buffer("memory", F.normalize(torch.randn(2, len(run.data), args.proj_output_dim), dim=-1))
+    model.register_buffer("assignments", torch.full((len(args.num_prototypes), len(run.data)), -1, dtype=torch.long))
+    for h, k in enumerate(args.num_prototypes):
+        model.register_buffer(f"prototypes{h}", torch.zeros(k, args.proj_output_dim))
+    model = run.prepare(model)
+    prototypes = [getattr(model, f"prototypes{h}") for h in range(len(args.num_prototypes))]
+    optimizer = common.make_optimizer(args.optimizer, common.param_groups(model, args.weight_decay),
+                                      common.scaled_lr(args.lr, args.batch_size))
+    run.track(model, optimizer, {"main": (backbone, projector)}, feat_dim)
+
+    for epoch in run.epochs():
+        if epoch > 0:  # k-means of the memory filled during the previous epochs; the centroids become the prototypes
+            g = torch.Generator().manual_seed(args.seed * 100_003 + epoch)
+            for h, c in enumerate(prototypes):
+                memory = model.memory[h % 2]  # (N_images, D)
+                init = memory[torch.randperm(len(memory), generator=g)[:len(c)].to(memory.device)]
+                centroids, model.assignments[h] = kmeans(memory, init, args.kmeans_iterations)
+                c.copy_(centroids)
+            clusters_used = sum((torch.bincount(a) > 0).sum() for a in model.assignments) / len(prototypes)
+        for x, y in run.batches(epoch):
+            lr = run.update_lr()
+            views = aug(x, run.gen)
+            with run.autocast(), torch.set_grad_enabled(epoch > 0):  # epoch 0 only fills the memory
+                r = [backbone(run.cl(v)) for v in views]  # R: V x (N, feat_dim)
+                z = [projector(r_v) for r_v in r]  # V x (N, proj_output_dim)
+            z = F.normalize(torch.stack(z).float(), dim=-1)  # (V, N, D)
+            logs = {}
+            if epoch > 0:
+                p = [z @ c.T for c in prototypes]  # H x (V, N, K_h) scores against the fixed centroids
+                loss = deepcluster_loss(p, model.assignments[:, run.batch_index], args.temperature)
+                run.step(loss, optimizer)
+                logs = dict(losses__deepcluster=loss, losses__total=loss, charts__clusters_used=clusters_used)
+            model.memory[:, run.batch_index] = z[:2].detach()  # the global views' embeddings for the next clustering
+            run.log(r[0], y, charts__learning_rate=lr, **logs)
+    run.finish()
+
+
+if __name__ == "__main__":
+    common.cli(main, Args)
