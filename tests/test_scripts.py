@@ -103,3 +103,13 @@ def test_simclr_learns(run, tmp_path):
     learned = json.loads((run_dir / "results.json").read_text())["knn_top1"]
     baseline = max(random_init_knn(s) for s in (0, 1, 2))
     assert learned >= baseline + 10, f"SimCLR kNN {learned:.2f} vs random init {baseline:.2f}"
+
+
+def test_diverged_run_stops_with_one_line_and_keeps_no_bad_checkpoint(run, tmp_path):
+    res = run("methods/simclr.py", "--dataset", "synthetic", "--backbone", "tiny", "--batch-size", "32", "--epochs", "2",
+              "--max-steps", "3", "--mi-every", "2", "--save-every", "1", "--optimizer", "sgd", "--lr", "1e38")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    (line,) = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert "diverged" in line and "losses/" in line
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert not (run_dir / "last.pt").exists() and not (run_dir / "backbone.pt").exists()
