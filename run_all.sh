@@ -52,7 +52,7 @@ COMMON=()
 if [ $QUICK = 1 ]; then
   TAG=runall_quick
   [ $SET_SEEDS = 1 ] || SEEDS="0"
-  if [ $SET_DATASETS = 0 ]; then
+  if [ $SET_DATASETS = 0 ] && [ $TABLE_ONLY = 0 ]; then
     ZIP=${CIFAR10_ZIP:-$HERE/../shared/data/cifar10/cifar10_jpeg.zip}
     if [ -d "$DATA/cifar10_jpeg/train" ] || [ -f "$ZIP" ]; then
       DATASETS="imagefolder"
@@ -110,13 +110,14 @@ for (d, m, _), r in latest.items():
     groups.setdefault((d, m), []).append(r)
     if "knn_top1_g" in r:
         groups.setdefault((d, m + " (g)"), []).append({k[:-2]: v for k, v in r.items() if k.endswith("_g")} | {"steps": r["steps"]})
-def ms(rs, k):
+def ms(rs, k, digits=2):
     v = [r[k] for r in rs if k in r]
     if not v:
         return "–"
-    return f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
+    return f"{statistics.mean(v):.{digits}f} ± {statistics.stdev(v):.{digits}f}" if len(v) > 1 else f"{v[0]:.{digits}f}"
 lines = [f"Runs: runs/*__{tag}_*; kNN: cosine k=200 T=0.1 on backbone features; linear: offline probe on frozen features "
-         "(see README, Evaluation). Paper: Sabby et al. 2025 Table 1, linear top-1, ResNet-50, 800 epochs (the paper's numbers, not ours).",
+         "(see README, Evaluation); imagefolder = the CIFAR-10 JPEG copy of --quick. H(R) = effective rank of backbone features, "
+         "I(R;Z) = matrix Renyi-2 MI (nats) on the held-out batch. Paper: Sabby et al. 2025 Table 1, linear top-1, ResNet-50, 800 epochs (the paper's numbers, not ours).",
          "", "| dataset | method | seeds | steps | kNN top-1 | linear top-1 | paper linear | H(R) | I(R;Z) | I(R;Z)/H(R) |",
          "|-|-|-|-|-|-|-|-|-|-|"]
 for (d, m), rs in sorted(groups.items()):
@@ -125,7 +126,7 @@ for (d, m), rs in sorted(groups.items()):
     paper = PAPER.get(m)
     p = f"{paper[COLUMN[d]]:.2f}" if paper and d in COLUMN else "–"
     lines.append(f"| {d} | {m} | {len(rs)} | {rs[0]['steps']} | {ms(rs, 'knn_top1')} | {ms(rs, 'linear_top1')} | {p} | "
-                 f"{ms(rs, 'H_R')} | {ms(rs, 'I_RZ')} | {ms(rs, 'ratio')} |")
+                 f"{ms(rs, 'H_R')} | {ms(rs, 'I_RZ', 3)} | {ms(rs, 'ratio', 4)} |")
 out = Path("runs") / f"run_all_{tag.split('_')[1]}.md"
 out.parent.mkdir(exist_ok=True)
 out.write_text("\n".join(lines) + "\n")

@@ -43,7 +43,7 @@ def test_table_mean_std_over_seeds_beside_the_paper(tmp_path):
     row = next(ln for ln in (tmp_path / "runs" / "run_all_full.md").read_text().splitlines() if "| simclr |" in ln)
     cells = [c.strip() for c in row.strip("|").split("|")]
     # dataset, method, seeds, steps, kNN, linear, paper, H(R), I(R;Z), ratio; sample std of (60, 64) = 2.83
-    assert cells == ["cifar10", "simclr", "2", "10", "51.00 ± 1.41", "62.00 ± 2.83", "87.24", "10.00 ± 0.00", "1.00 ± 0.00", "0.10 ± 0.00"]
+    assert cells == ["cifar10", "simclr", "2", "10", "51.00 ± 1.41", "62.00 ± 2.83", "87.24", "10.00 ± 0.00", "1.000 ± 0.000", "0.1000 ± 0.0000"]
 
 
 def test_benchmark_prints_rows(tmp_path):
