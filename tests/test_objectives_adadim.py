@@ -10,9 +10,12 @@ import torch.nn.functional as F
 
 import adadim
 import common
+import deepcluster_v2
+import dino
 import estimators
 import moco_v2
 import nnclr
+import swav
 from adadim import adadim_loss, dimensionality_alpha, renyi2_mutual_information
 from moco_v2 import KeyQueue, ema_update, moco_loss
 from nnclr import SupportSet, nearest_neighbour, nnclr_loss
@@ -230,9 +233,13 @@ def test_support_set_is_fifo_with_labels():
 
 # ---------------------------------------------------------------------------------- resume with queues
 @pytest.mark.parametrize("module,extra", [(moco_v2, dict(queue_size=192)), (nnclr, dict(queue_size=192)),
-                                          (adadim, dict(alpha_every=2, proj_hidden_dim=256, proj_output_dim=256))])
+                                          (adadim, dict(alpha_every=2, proj_hidden_dim=256, proj_output_dim=256)),
+                                          (swav, dict(queue_size=192, queue_start_epoch=0, num_prototypes=32,
+                                                      freeze_prototypes_epochs=1, proj_hidden_dim=256)),
+                                          (dino, dict(num_prototypes=256, proj_hidden_dim=256, warmup_teacher_temp_epochs=1)),
+                                          (deepcluster_v2, dict(num_prototypes=(16, 16), proj_hidden_dim=256))])
 def test_resume_is_exact_with_queues_and_alpha(monkeypatch, tmp_path, module, extra):
-    """5 steps at batch 64 (4 steps/epoch) straight, against 4 steps (epoch 1, checkpointed) then --resume for the
+    """Queues, memories, centers and alpha are checkpointed. 5 steps at batch 64 (4 steps/epoch) straight, against 4 steps (epoch 1, checkpointed) then --resume for the
     5th. The queues (192 slots, so they wrap around) and alpha (measured at epoch 0 only: --alpha-every 2) must come
     back from the checkpoint for the two runs to end bit-identical."""
     args = dict(batch_size=64, epochs=2, **extra)
@@ -242,7 +249,7 @@ def test_resume_is_exact_with_queues_and_alpha(monkeypatch, tmp_path, module, ex
     small_run(monkeypatch, tmp_path, module, max_steps=5, resume=str(half / "last.pt"), **args)
     a, b = (torch.load(d / "last.pt", weights_only=False) for d in (straight, half))
     assert a["step"] == b["step"] == 5
-    stateful = [k for k in a["model"] if k.split(".")[-1] in ("keys", "ptr", "z", "y", "alpha")]
+    stateful = [k for k in a["model"] if k.split(".")[-1] in ("keys", "ptr", "z", "y", "alpha", "queue", "center", "memory", "assignments", "prototypes0")]
     assert stateful, list(a["model"])
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
