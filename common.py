@@ -1047,12 +1047,17 @@ class Run:
         return self.results
 
 
-def representation_metrics(r: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> dict:
-    """MI estimates between the views' embeddings (cosine critic, T=MI_TEMPERATURE) and dimensionality of R and Z."""
+def mi_estimates(z1: torch.Tensor, z2: torch.Tensor) -> dict:
+    """cos-DV, InfoNCE and JSD bounds (nats) between paired embeddings, cosine critic at T=MI_TEMPERATURE."""
     s = estimators.cosine_scores(z1, z2, MI_TEMPERATURE)
-    out = {"mi/cos_dv": estimators.dv_bound(s).item(), "mi/infonce": estimators.infonce_bound(s).item(),
-           "mi/jsd": estimators.jsd_bound(s).item(),
-           "dim/mi_RZ": estimators.matrix_mutual_information(F.normalize(r, dim=1), F.normalize(z1, dim=1))}
+    return {"mi/cos_dv": estimators.dv_bound(s).item(), "mi/infonce": estimators.infonce_bound(s).item(),
+            "mi/jsd": estimators.jsd_bound(s).item()}
+
+
+def representation_metrics(r: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> dict:
+    """MI estimates between the views' embeddings (mi_estimates) and dimensionality of R and Z."""
+    out = mi_estimates(z1, z2)
+    out["dim/mi_RZ"] = estimators.matrix_mutual_information(F.normalize(r, dim=1), F.normalize(z1, dim=1))
     for name, x in (("R", r), ("Z", z1)):
         out[f"dim/erank_{name}"] = estimators.effective_rank(x)
         out[f"dim/eig_count_{name}"] = estimators.eigen_count(x, 0.01)

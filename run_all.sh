@@ -12,7 +12,8 @@
 #   bash run_all.sh ... -- --precision fp32        # flags after -- go to every training command
 #
 # Data: cifar10/cifar100 are downloaded by torchvision into $DATA (default data/); tinyimagenet expects
-# $DATA/tiny-imagenet-200, imagenet100 $DATA/imagenet100 (ImageFolder layouts with train/ and val/).
+# $DATA/tiny-imagenet-200, imagenet100 $DATA/imagenet100, imagefolder $DATA/cifar10_jpeg (ImageFolder layouts with
+# train/ and val/ or test/). A failed run is reported and the grid goes on; the exit status is 1 if any failed.
 # --quick uses $DATA/cifar10_jpeg (unzipped from $CIFAR10_ZIP, by default ../shared/data/cifar10/cifar10_jpeg.zip
 # beside the checkout, when it exists), else the synthetic dataset.
 # Runs land in runs/{dataset}__runall_{quick|full}_{method}__{seed}__{time}; the table is
@@ -27,7 +28,7 @@ if [ "${1:-}" = bench ]; then shift; exec "$PY" "$HERE/benchmark.py" "$@"; fi
 MI_SET="sdmi jmi simclr byol simsiam moco_v3 barlow_twins vicreg"
 ADADIM_SET="adadim simclr vicreg nnclr moco_v2 swav deepcluster_v2 dino byol moco_v3 barlow_twins"
 METHODS=$MI_SET; DATASETS="cifar10 cifar100 tinyimagenet imagenet100"; SEEDS="0 1 2"
-DRY=0; QUICK=0; TABLE_ONLY=0; EXTRA=(); SET_DATASETS=0; SET_SEEDS=0
+DRY=0; QUICK=0; TABLE_ONLY=0; EXTRA=(); SET_DATASETS=0; SET_SEEDS=0; FAILED=0
 die() { echo "error: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -85,7 +86,7 @@ if [ $TABLE_ONLY = 0 ]; then
          "${ep[@]}" "${COMMON[@]}" "${EXTRA[@]}")
     echo "${cmd[*]}"
     if [ $DRY = 0 ]; then
-      "${cmd[@]}" || echo "run_all: FAILED (exit $?): ${cmd[*]}" >&2
+      "${cmd[@]}" || { echo "run_all: FAILED (exit $?): ${cmd[*]}" >&2; FAILED=$((FAILED + 1)); }
     fi
   done; done; done
 fi
@@ -132,3 +133,4 @@ out.parent.mkdir(exist_ok=True)
 out.write_text("\n".join(lines) + "\n")
 print("\n".join(lines) + f"\n\ntable written to {out}" if groups else f"no finished runs matching runs/*__{tag}_*")
 EOF
+[ $FAILED = 0 ] || { echo "run_all: $FAILED run(s) failed (see above)" >&2; exit 1; }

@@ -208,7 +208,7 @@ def main(args: Args):
                                                   args.beta, args.temperature)
             run.step(loss, optimizer)
             run.log(r1, y, losses__nce=nce, losses__vicreg=vic, losses__mi_RZ=mi_term, losses__total=loss,
-                    charts__learning_rate=lr, charts__alpha=model.alpha.clone())  # clone: logs are flushed later
+                    charts__learning_rate=lr, charts__alpha=model.alpha)  # run.log copies the value
     run.finish()
 
 
