@@ -1,26 +1,31 @@
-"""Throughput benchmark: augmentation views/s, and full training-step views/s of every method, with FLOPs per view
-and the ratio to the device's peak when it is known.
+"""Throughput benchmark: augmentation views/s, and each method's training views/s with FLOPs per view and the ratio to
+the device's peak when it is known. Every training figure comes from the method scripts run through their own flags.
 
     python benchmark.py                                   # everything on the default device (cuda if available)
     python benchmark.py --part aug                        # augmentation only (batched, and the PIL baseline)
-    python benchmark.py --part train --methods simclr byol --steps 6 --backbone resnet18
+    python benchmark.py --part train --methods simclr byol --steps 12 --backbone resnet18
+    python benchmark.py --part train --methods simclr --nproc 2   # the same through torchrun, 2 processes
     bash run_all.sh bench                                 # the same as the first line
 
 What is measured
-- aug: `common.Augment` with the SimCLR (symmetric) and BYOL (asymmetric) CIFAR presets on a 256-image uint8 batch
+- aug: `common.Augment` with the SimCLR (symmetric) and BYOL (asymmetric) CIFAR views on a 256-image uint8 batch
   already on the device: views/s of the augmentation alone. Baseline: the same operations as a per-image
   torchvision PIL pipeline in a DataLoader with 2 workers (what a CIFAR script usually does).
-- train: each method's own script (its `main`), in a child process, on 32-px synthetic images at --batch-size,
-  with evaluation, MI logging and checkpoints switched off. The first --warmup steps (one of them counted by
-  torch's FlopCounterMode, which slows it) are not timed; views/s = views per step * timed steps / time.
-  FLOPs/view = FLOPs of one whole training step (every forward and backward, EMA targets, queues, augmentation
-  excluded: it is not matmul/conv) / views per step. DeepCluster v2 is timed in epoch 1 (its epoch 0 only fills the
-  memory); its k-means at each epoch start is not in the figure. "epoch" = time for 50,000 images (a CIFAR epoch) at that
-  rate; "floor" = the same epoch at the device's peak dense bf16 (or fp32 on CPU: unknown) FLOP rate.
+- train: `python methods/M.py --dataset synthetic --batch-size B --max-steps S --eval-every 0 --mi-every 0
+  --save-every 0 --save-every-minutes 0 --warmup-epochs 0 ...` as a child process (with --nproc N: under torchrun);
+  views/s is the figure the run writes into its results.json: views of the steps after the third of its last epoch
+  over their time, device synchronized (compilation and autotuning are in the first steps). DeepCluster v2 runs one
+  epoch more, so that its timed steps are in epoch 1 (epoch 0 only fills its memory). FLOPs/view: FLOPs of one
+  training step (every forward and backward, EMA targets, queues; of the augmentation only the blur's small
+  convolutions count) / views per step, counted by torch's FlopCounterMode around the same script run for 3 and for 2 steps
+  (setup and final evaluation are the same in both and cancel; DeepCluster v2: one epoch more in both, so its
+  k-means at the start of epoch 1 cancels too). "epoch" = time for 50,000 images (a CIFAR epoch) at that rate;
+  "floor" = the same epoch at the device's peak dense bf16 FLOP rate (unknown on CPUs).
 Numbers are only comparable on the same device; write them into the README table with the date and device.
 """
 import json
 import os
+import runpy
 import subprocess
 import sys
 import tempfile
@@ -37,6 +42,7 @@ import common  # noqa: E402
 
 METHODS = sorted(p.stem for p in (ROOT / "methods").glob("*.py"))
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}  # dense tensor-core FLOP/s
+SYNTHETIC_IMAGES = 4096
 
 
 @dataclass
@@ -50,26 +56,27 @@ class Args:
     batch_size: int = 256
     """images per step"""
     steps: int = 12
-    """training steps per method (the first --warmup are not timed)"""
-    warmup: int = 3
-    """untimed steps (compilation, cudnn autotuning, the FLOP-counted step)"""
+    """timed run length in steps (the first 3 are not timed)"""
     device: str = "auto"
     """auto (cuda if available), cpu, cuda"""
     precision: common.Precision = "auto"
     """autocast dtype of the training steps (auto = bf16 on CUDA, fp32 on CPU)"""
     compile: bool = False
     """torch.compile the backbones"""
+    nproc: int = 0
+    """run the training scripts under torchrun with this many processes (0: plain python, one process)"""
+    flops: bool = True
+    """also count FLOPs per view (two more short runs per method)"""
     pil_baseline: bool = True
     """also time the per-image PIL pipeline with 2 DataLoader workers"""
-    child: str = ""
-    """internal: run one method's training benchmark in this process"""
+    flops_child: str = ""
+    """internal: run this script under FlopCounterMode with the flags after --, print the count"""
 
 
-def peak_flops(device: torch.device) -> float | None:
+def peak_flops(device: torch.device):
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+    return next((v for k, v in PEAK_BF16.items() if k in torch.cuda.get_device_name(device)), None)
 
 
 def sync(device):
@@ -80,9 +87,10 @@ def sync(device):
 def bench_aug(device: torch.device, pil: bool):
     x, _ = common.make_synthetic(2560, 0)
     mean, std = common._stats(x)
-    batch = x[:256].to(device)
-    rows = []
-    for name, views in (("symmetric (SimCLR)", common.symmetric_views(32)), ("asymmetric (BYOL)", common.asymmetric_views(32))):
+    batch, rows = x[:256].to(device), []
+    simclr = [common.ViewSpec(32, jitter=(0.8, 0.8, 0.8, 0.2), blur_p=0.5)] * 2
+    byol = [common.ViewSpec(32), common.ViewSpec(32, solarize_p=0.2)]
+    for name, views in (("symmetric (SimCLR)", simclr), ("asymmetric (BYOL)", byol)):
         aug, g = common.Augment(views, mean, std), torch.Generator(device=device).manual_seed(0)
         for _ in range(3):
             aug(batch, g)
@@ -127,64 +135,59 @@ def bench_pil(x, mean, std) -> float:
     return n / (time.perf_counter() - t)
 
 
-def child(args: Args):
-    """Run methods/{args.child}.py's main for a few steps with timing hooks on common.Run; print one JSON line."""
+def script_flags(args: Args, method: str, steps: int, run_dir: Path) -> List[str]:
+    """The method's command line for a benchmark run of `steps` steps (evaluation, metrics and checkpoints off)."""
+    spe = SYNTHETIC_IMAGES // args.batch_size
+    steps += spe if method == "deepcluster_v2" else 0  # its timed steps are in epoch 1
+    flags = ["--dataset", "synthetic", "--backbone", args.backbone, "--batch-size", args.batch_size, "--max-steps", steps,
+             "--eval-every", 0, "--mi-every", 0, "--save-every", 0, "--save-every-minutes", 0, "--warmup-epochs", 0,
+             "--device", args.device, "--precision", args.precision, "--run-dir", run_dir, "--no-sync-bn"]
+    return [str(f) for f in flags] + (["--compile"] if args.compile else [])
+
+
+def flops_child(script: str, flags: List[str]):
+    """Run the script as `python script flags` would, in this process, under FlopCounterMode; print the count."""
     from torch.utils.flop_counter import FlopCounterMode
-    sys.path.insert(0, str(ROOT / "methods"))
-    mod = __import__(args.child)
-    out = {}
-    original = common.Run.batches
+    sys.argv = [script, *flags]
+    with FlopCounterMode(display=False) as counter:
+        runpy.run_path(script, run_name="__main__")
+    print(f"FLOPS {counter.get_total_flops()}")
 
-    def timed_batches(run, epoch):
-        counter = FlopCounterMode(display=False)
-        for x, y in original(run, epoch):
-            sync(run.device)
-            k = run.step_count
-            k -= run.start_epoch * run.steps_per_epoch  # steps of this benchmark (DeepCluster starts at epoch 1)
-            if k == 2:
-                counter.__exit__(None, None, None)
-                out["flops_per_view"] = counter.get_total_flops() / (args.batch_size * len(run.views))
-            if k == args.warmup + 1:
-                out["t0"] = time.perf_counter()
-            if k == 1:
-                counter.__enter__()  # count the whole first step
-            yield x, y
-        sync(run.device)
-        out["t1"], out["timed"] = time.perf_counter(), run.step_count - run.start_epoch * run.steps_per_epoch - args.warmup
-        out["views_per_step"] = args.batch_size * len(run.views)
-        out["device"] = torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else "cpu"
-        out["peak"] = peak_flops(run.device)
 
-    common.Run.batches = timed_batches
-    if args.child == "deepcluster_v2":  # its epoch 0 only fills the memory (no backward): time a training epoch
-        track = common.Run.track
-
-        def track_from_epoch_1(run, *a, **kw):
-            track(run, *a, **kw)
-            run.start_epoch, run.step_count = 1, run.steps_per_epoch
-            run.stop_step = run.steps_per_epoch + args.steps
-        common.Run.track = track_from_epoch_1
-    common.Run.evaluate = lambda self: None
-    common.Run.finish = lambda self: None
-    margs = mod.Args(dataset="synthetic", backbone=args.backbone, batch_size=args.batch_size, max_steps=args.steps,
-                     eval_every=0, mi_every=0, save_every=0, warmup_epochs=0, device=args.device,
-                     precision=args.precision, compile=args.compile, exp_name="bench")
-    with tempfile.TemporaryDirectory() as tmp:
-        os.chdir(tmp)
-        mod.main(margs)
-    vps = out["views_per_step"] * out["timed"] / (out["t1"] - out["t0"])
-    print("RESULT " + json.dumps(dict(method=args.child, views_per_sec=vps, flops_per_view=out["flops_per_view"],
-                                      device=out["device"], peak=out["peak"], views_per_image=out["views_per_step"] // args.batch_size)))
+def bench_method(args: Args, m: str, tmp: Path) -> dict:
+    script = str(ROOT / "methods" / f"{m}.py")
+    launch = [sys.executable] if not args.nproc else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                      f"--nproc_per_node={args.nproc}"]
+    res = subprocess.run(launch + [script, *script_flags(args, m, args.steps, tmp / "timed")], capture_output=True,
+                         text=True)
+    if res.returncode:
+        raise RuntimeError((res.stderr.strip().splitlines() or ["?"])[-1][:120])
+    r = json.loads((tmp / "timed" / "results.json").read_text())
+    if "views_per_sec" not in r:
+        raise RuntimeError("too few steps timed: raise --steps")
+    out = {"views_per_sec": r["views_per_sec"], "views_per_image": r["views_per_image"], "flops_per_view": None}
+    if args.flops:
+        counts = []
+        for steps in (3, 2):  # FLOPs(3 steps) - FLOPs(2 steps) = the third step (DeepCluster: of epoch 1)
+            cmd = [sys.executable, str(ROOT / "benchmark.py"), f"--flops-child={script}", "--",
+                   *script_flags(args, m, steps, tmp / f"flops{steps}")]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            line = next((ln for ln in res.stdout.splitlines() if ln.startswith("FLOPS ")), None)
+            if res.returncode or line is None:
+                raise RuntimeError("FLOP count failed: " + (res.stderr.strip().splitlines() or ["?"])[-1][:100])
+            counts.append(int(line.split()[1]))
+        out["flops_per_view"] = (counts[0] - counts[1]) / (args.batch_size * r["views_per_image"])
+    return out
 
 
 def main(args: Args):
-    if args.child:
-        return child(args)
+    if args.flops_child:
+        return flops_child(args.flops_child, EXTRA)
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         raise common.UserError(f"unknown method(s) {unknown}; choose from {METHODS}")
-    if args.steps <= args.warmup + 1:
-        raise common.UserError("--steps must exceed --warmup + 1.")
+    if args.steps < 4:
+        raise common.UserError("--steps must be at least 4 (the first 3 are not timed).")
     device = common.pick_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"# benchmark on {name}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
@@ -193,22 +196,26 @@ def main(args: Args):
         for label, vps in bench_aug(device, args.pil_baseline):
             print(f"| {label} | {vps:,.0f} |", flush=True)
     if args.part in ("all", "train"):
-        print(f"\n| method ({args.backbone}, batch {args.batch_size}) | views/s | GFLOPs/view | CIFAR-10 epoch (s) | "
+        procs = f", {args.nproc} process(es) under torchrun" if args.nproc else ""
+        print(f"\n| method ({args.backbone}, batch {args.batch_size}{procs}) | views/s | GFLOPs/view | CIFAR-10 epoch (s) | "
               "epoch at peak (s) | of peak |\n|-|-|-|-|-|-|", flush=True)
-        flags = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k in ("backbone", "batch_size", "steps", "warmup", "device", "precision")]
+        peak = peak_flops(device)
         for m in args.methods:
-            cmd = [sys.executable, str(ROOT / "benchmark.py"), f"--child={m}", *flags] + (["--compile"] if args.compile else [])
-            res = subprocess.run(cmd, capture_output=True, text=True)
-            line = next((ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if res.returncode or line is None:
-                print(f"| {m} | failed: {(res.stderr.strip().splitlines() or ['?'])[-1][:120]} | | | | |", flush=True)
-                continue
-            r = json.loads(line[7:])
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    r = bench_method(args, m, Path(tmp))
+                except RuntimeError as e:
+                    print(f"| {m} | failed: {e} | | | | |", flush=True)
+                    continue
             epoch = 50000 * r["views_per_image"] / r["views_per_sec"]
-            floor = 50000 * r["views_per_image"] * r["flops_per_view"] / r["peak"] if r["peak"] else None
-            print(f"| {m} | {r['views_per_sec']:,.0f} | {r['flops_per_view'] / 1e9:.2f} | {epoch:,.1f} | "
-                  f"{'n/a' if floor is None else f'{floor:.2f}'} | {'n/a' if floor is None else f'{floor / epoch:.0%}'} |", flush=True)
+            f = r["flops_per_view"]
+            floor = 50000 * r["views_per_image"] * f / peak if peak and f else None
+            print(f"| {m} | {r['views_per_sec']:,.0f} | {'n/a' if f is None else f'{f / 1e9:.2f}'} | {epoch:,.1f} | "
+                  f"{'n/a' if floor is None else f'{floor:.2f}'} | {'n/a' if floor is None else f'{floor / epoch:.0%}'} |",
+                  flush=True)
 
 
 if __name__ == "__main__":
+    EXTRA = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
+    sys.argv = sys.argv[:sys.argv.index("--")] if "--" in sys.argv else sys.argv
     common.cli(main, Args)

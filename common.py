@@ -1,72 +1,128 @@
-"""cleanssl plumbing shared by every method file: data, augmentation, backbones, optimizers, evaluation,
-logging, checkpoints. Nothing here is part of any method's algorithm; read a method file top to bottom first.
-"""
-from __future__ import annotations
-
+"""cleanssl plumbing shared by every method file; nothing here is part of a method's algorithm (read a method first).
+Contents: errors and the command line | several processes (torchrun) | data | augmentation | backbones (ResNet, ViT)
+| optimization | evaluation | runs (directory, logging, checkpoints, resume, interruptions)."""
+import copy
 import dataclasses
+import datetime
 import json
 import math
 import os
-import random
+import signal
 import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import List, Literal, Sequence, Tuple, Union
+from typing import List, Literal, Sequence, Tuple
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
 import estimators
 
-DatasetName = Literal["cifar10", "cifar100", "stl10", "tinyimagenet", "imagenet100", "imagefolder", "medmnist", "synthetic"]
-BackboneName = Literal["resnet18", "resnet50", "tiny"]
+DatasetName = Literal["cifar10", "cifar100", "stl10", "tinyimagenet", "imagenet100", "imagefolder", "medmnist",
+                      "synthetic"]
+BackboneName = Literal["resnet18", "resnet50", "tiny", "vit_tiny", "vit_small"]
 OptimizerName = Literal["lars", "sgd", "adamw"]
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
-MI_TEMPERATURE = 0.1  # critic temperature of the logged MI estimates (fixed, so curves compare across methods)
+Precision = Literal["auto", "fp32", "bf16"]
+Tensor = torch.Tensor
 KNN_K, KNN_T = 200, 0.1
-KNN_PROTOCOL = f"weighted kNN: cosine, k={KNN_K}, T={KNN_T}, backbone features of un-augmented images, train split as memory, test split as queries"
+KNN_PROTOCOL = (f"weighted kNN: cosine, k={KNN_K}, T={KNN_T}, backbone features of un-augmented images, train split "
+                "as memory, test split as queries")
 LINEAR_PROTOCOL = ("offline linear probe: frozen backbone (eval mode), precomputed features of un-augmented images, "
-                   "standardized with train statistics; Adam lr 1e-2 cosine, 100 epochs, batch 256, no weight decay; test top-1")
-ONLINE_PROTOCOL = "online linear probe: trained during SSL on detached backbone features of augmented view 1 (SGD lr 0.1, momentum 0.9); test top-1"
-
+                   "standardized with train statistics; Adam lr 1e-2 cosine, 100 epochs, batch 256, no weight decay")
+ONLINE_PROTOCOL = ("online linear probe: trained during SSL on detached backbone features of augmented view 1 "
+                   "(SGD lr 0.1, momentum 0.9)")
+FINETUNE_PROTOCOL = ("end-to-end fine-tuning: backbone + linear head on the labelled train images, AdamW lr 5e-4 x "
+                     "batch/256, wd 0.05, 10% warmup then cosine, crop 0.2-1 + flip; un-augmented test images")
 
 class UserError(Exception):
-    """An error the user can fix (missing data, bad flag combination): printed as one line, exit code 2."""
+    """What the user can fix (missing data, a bad flag, an unusable checkpoint), or a stop after SIGINT / SIGTERM that
+    saved a checkpoint: one line, then exit `code` (2, or 130 / 143)."""
 
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code  # 2, or 128 + the signal
 
 def cli(main, args_cls):
-    """Parse the command line with tyro and run main(args); user errors become one line and exit code 2."""
+    """Parse the command line with tyro and run main(args), alone or as one of torchrun's processes."""
     import tyro
     args = tyro.cli(args_cls)
     try:
         main(args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        print(f"{f'[rank {rank()}] ' if rank() else ''}{'error: ' if e.code == 2 else ''}{e}", file=sys.stderr)
+        sys.exit(e.code)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted: nothing saved since the last checkpoint", file=sys.stderr)
         sys.exit(130)
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
+# --------------------------------------------------------------------------------------------- several processes
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
 
-# ----------------------------------------------------------------------------------------------- data
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+def init_distributed(device: str) -> torch.device:
+    """Under torchrun (WORLD_SIZE > 1) join the process group (NCCL on GPUs, gloo on CPU) and return this rank's
+    device, cuda:LOCAL_RANK; in one process, the device asked for."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return pick_device(device)
+    cuda = torch.cuda.is_available() and device != "cpu"
+    dev = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if cuda else torch.device("cpu")
+    if not dist.is_initialized():
+        torch.cuda.set_device(dev) if cuda else None
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30))
+    return dev
+
+def gather(x: Tensor) -> Tensor:
+    """The global batch: x of every rank concatenated along dim 0 in rank order, WITH gradients (the backward of
+    torch.distributed.nn.functional.all_gather sums every rank's gradient into the local slice). Identity alone."""
+    return torch.cat(torch.distributed.nn.functional.all_gather(x.contiguous())) if world_size() > 1 else x
+
+def average_gradients(*modules: nn.Module):
+    """Between backward and the optimizer step: each gradient becomes its mean over the ranks (one flat all-reduce).
+    A loss on gathered embeddings is the same on every rank and gather's backward sums, so each rank holds
+    world_size x its share and the mean is exactly the one-process gradient of the global batch. No-op alone."""
+    grads = [p.grad for m in modules for p in m.parameters() if p.grad is not None]
+    if world_size() > 1 and grads:
+        flat = torch.cat([g.reshape(-1) for g in grads]).div_(world_size())
+        dist.all_reduce(flat)
+        for g, v in zip(grads, flat.split([g.numel() for g in grads])):
+            g.copy_(v.view_as(g))
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if True on any (a collective: every rank calls it at the same point)."""
+    if world_size() == 1:
+        return flag
+    t = torch.tensor([float(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+def broadcast(obj):
+    """Rank 0's value of a picklable object, on every rank."""
+    box = [obj]
+    dist.broadcast_object_list(box, src=0) if world_size() > 1 else None
+    return box[0]
+
+# ------------------------------------------------------------------------------------------------------------ data
 CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
                "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 SMALL_MAX = 96  # images up to this size are decoded once into a uint8 tensor on the device
 
-
 def make_synthetic(n: int, seed: int, size: int = 32, num_classes: int = 10):
-    """Ten texture classes (stripes, checkers, rings, squares, blobs, grids...) with random phase, position and a
-    palette colour.
-    Class identity lives in the spatial structure, which survives crops, flips, colour jitter and grayscale,
-    so SSL on it beats a random network. Returns uint8 (n, 3, size, size) and labels (n,)."""
+    """Ten texture classes (stripes, checkers, rings, squares, blobs, grids...), random phase, position and palette colours:
+    the class is in the spatial structure, which survives the augmentations. Returns uint8 (n, 3, size, size), labels."""
     g = torch.Generator().manual_seed(seed)
     y = torch.randperm(n, generator=g) % num_classes
-    u = lambda *s: torch.rand(*s, generator=g)
+    u = lambda *s: torch.rand(*s, generator=g)  # noqa: E731
     c = torch.arange(size, dtype=torch.float32) - size / 2
     yy, xx = c[None, :, None], c[None, None, :]
     f = (2 * math.pi / (3.5 + 0.25 * (y % 5) + 0.2 * u(n)))[:, None, None]  # period ~3.5-4.7 px, set by the class
@@ -74,56 +130,56 @@ def make_synthetic(n: int, seed: int, size: int = 32, num_classes: int = 10):
     cy, cx = ((u(n) - 0.5) * size)[:, None, None], ((u(n) - 0.5) * size)[:, None, None]
     theta = (2 * math.pi * u(n))[:, None, None]
     blobs = F.interpolate(torch.randn(n, 1, 4, 4, generator=g), size=size, mode="bicubic", align_corners=False)[:, 0]
-    pats = [torch.sin(f * yy + p1), torch.sin(f * xx + p1), torch.sin(f * xx + p1) * torch.sin(f * yy + p2) * 2,
-            torch.sin(f * (xx + yy) / 1.41 + p1) + torch.sin(f * (xx - yy) / 1.41 + p2),
-            torch.sin(f * ((xx - cx) ** 2 + (yy - cy) ** 2).sqrt() + p1), blobs,
-            torch.sin(f * torch.maximum((xx - cx).abs(), (yy - cy).abs()) + p1), (torch.maximum(torch.cos(f * xx + p1), torch.cos(f * yy + p2)) > 0.8) * 2.0 - 1,
-            (xx * torch.cos(theta) + yy * torch.sin(theta)) / size * 2, (torch.cos(f * xx + p1) + torch.cos(f * yy + p2) > 1.0) * 2.0 - 1]
-    v = torch.stack([p.expand(n, size, size) for p in pats])[y, torch.arange(n)]  # (n, S, S): class y's pattern
-    v = torch.sigmoid(2 * v)[:, None]  # (n, 1, S, S) in (0, 1)
-    # colours from a small palette shared by all classes: colour tells neither the class nor the instance, so
-    # the views can only be matched through structure (unique random colours would be an instance shortcut)
+    sin, cos, mx = torch.sin, torch.cos, torch.maximum
+    pats = [sin(f * yy + p1), sin(f * xx + p1), sin(f * xx + p1) * sin(f * yy + p2) * 2,
+            sin(f * (xx + yy) / 1.41 + p1) + sin(f * (xx - yy) / 1.41 + p2),
+            sin(f * ((xx - cx) ** 2 + (yy - cy) ** 2).sqrt() + p1), blobs,
+            sin(f * mx((xx - cx).abs(), (yy - cy).abs()) + p1), (mx(cos(f * xx + p1), cos(f * yy + p2)) > 0.8) * 2.0 - 1,
+            (xx * cos(theta) + yy * sin(theta)) / size * 2, (cos(f * xx + p1) + cos(f * yy + p2) > 1.0) * 2.0 - 1]
+    v = torch.sigmoid(2 * torch.stack([p.expand(n, size, size) for p in pats])[y, torch.arange(n)])[:, None]
+    # colours from a palette shared by all classes: colour tells neither the class nor the instance
     palette = torch.rand(6, 2, 3, generator=torch.Generator().manual_seed(7))
     pick = palette[torch.randint(0, 6, (n,), generator=g)]  # (n, 2, 3)
     c0, c1 = [(pick[:, i] + 0.05 * torch.randn(n, 3, generator=g)).view(n, 3, 1, 1) for i in (0, 1)]
-    img = c0 * (1 - v) + c1 * v + 0.05 * torch.randn(n, 3, size, size, generator=g)
+    img = c0 * (1 - v) + c1 * v + 0.05 * torch.randn(n, 3, size, size, generator=g)  # noise
     return (img.clamp(0, 1) * 255).round().to(torch.uint8), y
 
-
 def _missing(what: str, where, hint: str = "") -> UserError:
-    return UserError(f"{what} not found in {where}{hint}. Offline? Use --dataset synthetic (no files) or "
-                     f"--dataset imagefolder --data-dir PATH (PATH/train/<class>/*.jpg and PATH/val/ or PATH/test/).")
-
+    return UserError(f"{what} not found in {where}{hint}. Offline? Use --dataset synthetic (no files) or --dataset "
+                     "imagefolder --data-dir PATH (PATH/train/<class>/*.jpg and PATH/val/ or PATH/test/).")
 
 def _torchvision_split(name, root, split):
-    ds = torchvision.datasets
     try:
-        if name in ("cifar10", "cifar100"):
-            d = (ds.CIFAR10 if name == "cifar10" else ds.CIFAR100)(root, train=split == "train", download=True)
-            return torch.from_numpy(d.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(d.targets)
-        d = ds.STL10(root, split=split, download=True)
-        return torch.from_numpy(d.data), torch.as_tensor(d.labels).long()
+        if name == "stl10":
+            d = torchvision.datasets.STL10(root, split=split, download=True)
+            return torch.from_numpy(d.data), torch.as_tensor(d.labels).long()
+        d = getattr(torchvision.datasets, name.upper())(root, train=split == "train", download=True)
+        return torch.from_numpy(d.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(d.targets)
     except Exception as e:  # no network, partial download, unreadable files
-        raise _missing(f"{name} ({split} split)", Path(root).resolve(), f" and it could not be downloaded ({type(e).__name__})") from None
-
+        raise _missing(f"{name} ({split} split)", Path(root).resolve(), f" and could not be downloaded ({type(e).__name__})")
 
 def _folder_samples(root: Path):
     """(path, label) pairs of an ImageFolder layout; also reads Tiny-ImageNet's val/images + val_annotations.txt."""
-    ann = root / "val_annotations.txt"
-    if ann.exists():
-        classes = sorted(p.name for p in (root.parent / "train").iterdir() if p.is_dir())
-        rows = [line.split("\t")[:2] for line in ann.read_text().splitlines() if line.strip()]
-        return [(str(root / "images" / f), classes.index(c)) for f, c in rows], classes
-    d = torchvision.datasets.ImageFolder(str(root))
-    return d.samples, d.classes
+    try:
+        if (root / "val_annotations.txt").exists():
+            classes = sorted(p.name for p in (root.parent / "train").iterdir() if p.is_dir())
+            rows = [ln.split("\t")[:2] for ln in (root / "val_annotations.txt").read_text().splitlines() if ln.strip()]
+            return [(str(root / "images" / f), classes.index(c)) for f, c in rows], classes
+        d = torchvision.datasets.ImageFolder(str(root))
+        return d.samples, d.classes
+    except (OSError, ValueError) as e:  # no class folders, or folders without images
+        raise UserError(f"{root}: no images in an ImageFolder layout ({str(e).splitlines()[0][:100]}).") from None
 
+def _quiet_worker(_):  # DataLoader workers leave SIGINT / SIGTERM to the main process, which saves and stops
+    signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 class _Decoded(torch.utils.data.Dataset):
-    """Decodes images for the data loader: full image resized to `size` (small path), or per-view random
-    resized crops for training / resize + center crop for evaluation (large-image path)."""
+    """Image files decoded by DataLoader workers: resized whole ("small"), resize + center crop ("eval"), or one random
+    resized crop per view ("train", large images; seeded per image, so runs and resumes repeat). An unreadable file
+    is replaced by the next readable one ("small": not), and `ok` = False tells the main process."""
 
-    def __init__(self, samples, size, views=None, train=False):
-        self.samples, self.size, self.views, self.train = samples, size, views, train
+    def __init__(self, samples, size, mode: str, views=None, seed: int = 0):
+        self.samples, self.size, self.mode, self.views, self.seed = samples, size, mode, views, seed
 
     def __len__(self):
         return len(self.samples)
@@ -131,166 +187,161 @@ class _Decoded(torch.utils.data.Dataset):
     def __getitem__(self, i):
         from PIL import Image
         import torchvision.transforms.v2 as T
-        path, label = self.samples[i]
-        with open(path, "rb") as fh:
-            img = Image.open(fh).convert("RGB")
-        if self.train:  # large path, training: one random resized crop per view; the rest runs on the device
-            crops = [T.RandomResizedCrop(v.size, v.scale, v.ratio, antialias=True)(img) for v in self.views]
-            return [T.functional.pil_to_tensor(c) for c in crops], label, i
-        if self.views == "small":
-            img = img if img.size == (self.size, self.size) else img.resize((self.size, self.size), Image.BILINEAR)
-        else:
-            img = T.CenterCrop(self.size)(T.Resize(round(self.size * 8 / 7), antialias=True)(img))
-        return T.functional.pil_to_tensor(img), label
+        for j in [i] if self.mode == "small" else [(i + k) % len(self) for k in range(10)]:
+            try:
+                img = Image.open(self.samples[j][0]).convert("RGB")
+            except (OSError, ValueError, SyntaxError):  # truncated, corrupt or not an image
+                continue
+            torch.manual_seed(self.seed * 1_000_003 + i)
+            x = ([T.RandomResizedCrop(v.size, v.scale, v.ratio)(img) for v in self.views] if self.mode == "train" else
+                 img.resize((self.size,) * 2, Image.BILINEAR) if self.mode == "small" else
+                 T.CenterCrop(self.size)(T.Resize(round(self.size * 8 / 7))(img)))
+            x = [T.functional.pil_to_tensor(c) for c in x] if self.mode == "train" else T.functional.pil_to_tensor(x)
+            return x, self.samples[j][1], i, j == i
+        return torch.zeros(3, self.size, self.size, dtype=torch.uint8), -1, i, False
 
-
-def _loader(dataset, batch_size, shuffle=False, generator=None, drop_last=False):
-    workers = min(8, os.cpu_count() or 1)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                                       num_workers=workers, drop_last=drop_last, persistent_workers=False,
-                                       pin_memory=torch.cuda.is_available())
-
+def _loader(dataset, batch_sampler):
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=min(8, os.cpu_count() or 1),
+                                       pin_memory=torch.cuda.is_available(), worker_init_fn=_quiet_worker)
 
 def _decode_all(samples, size):
-    xs, ys = [], []
-    for x, y in _loader(_Decoded(samples, size, "small"), 512):
-        xs.append(x), ys.append(y)
-    return torch.cat(xs), torch.cat(ys)
-
+    """Small images decoded once: uint8 (N, 3, size, size) and labels; unreadable files are named and refused."""
+    parts = list(_loader(_Decoded(samples, size, "small"), [range(k, min(k + 512, len(samples)))
+                                                            for k in range(0, len(samples), 512)]))
+    bad = [samples[i][0] for _, _, idx, ok in parts for i in idx[~ok].tolist()]
+    if bad:
+        raise UserError(f"{len(bad)} unreadable image file(s), e.g. {', '.join(bad[:3])}; remove or replace them.")
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 @dataclass
 class Data:
-    """A dataset ready for training. Small images: uint8 tensors (N, 3, H, W) on the device, index-sampled.
-    Large images: file lists decoded by DataLoader workers (crops there, the rest of the augmentation on the device)."""
+    """A dataset ready for training. `splits` {"ssl": what SSL trains on (labels -1 = unlabelled), "train", "test": the
+    evaluation splits}: (uint8 images (N, 3, H, W), labels) on the device (every rank's). Large images: `files` of
+    (path, label) per split, decoded by DataLoader workers (crops there, the rest of the augmentation on the device)."""
     name: str
     num_classes: int
     image_size: int
     mean: tuple
     std: tuple
-    train: torch.Tensor | None = None  # SSL images (small path)
-    train_labels: torch.Tensor | None = None  # -1 = unlabeled
-    eval_train: torch.Tensor | None = None
-    eval_train_labels: torch.Tensor | None = None
-    test: torch.Tensor | None = None
-    test_labels: torch.Tensor | None = None
-    files: dict | None = None  # large path: {"train": samples, "test": samples}
+    splits: dict = None
+    files: dict = None
+    device: torch.device = torch.device("cpu")
+    unreadable: int = 0  # large images replaced by another one so far
 
     @property
     def large(self):
         return self.files is not None
 
     def __len__(self):
-        return len(self.files["train"]) if self.large else len(self.train)
+        return len(self.files["ssl"]) if self.large else len(self.splits["ssl"][0])
 
-    def to(self, device):
-        for f in ("train", "train_labels", "eval_train", "eval_train_labels", "test", "test_labels"):
-            if getattr(self, f) is not None:
-                setattr(self, f, getattr(self, f).to(device))
-        return self
-
-    def ssl_batches(self, batch_size: int, epoch: int, seed: int, views=None):
-        """One epoch of (uint8 images on the device, labels, dataset indices), drop_last; the order depends on
-        (seed, epoch) only."""
-        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        if self.large:
-            for crops, y, idx in _loader(_Decoded(self.files["train"], self.image_size, views, True), batch_size, True, g, True):
-                dev = self.device
-                yield [c.to(dev, non_blocking=True) for c in crops], y.to(dev, non_blocking=True), idx.to(dev)
+    def ssl_batches(self, batch_size: int, epoch: int, seed: int, views=None, start: int = 0):
+        """This rank's share of global batches start, start + 1... of an epoch (drop_last): (uint8 images or per-view
+        crops, labels, dataset indices). The permutation depends on (seed, epoch) only; global batch i is split into
+        consecutive equal shares by rank, so the ranks' shares together are one process's batch i."""
+        perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        b, r = batch_size // world_size(), rank()
+        shares = [perm[i * batch_size + r * b:i * batch_size + (r + 1) * b] for i in range(start, len(self) // batch_size)]
+        if not self.large:
+            x, y = self.splits["ssl"]
+            yield from ((x[idx], y[idx], idx) for idx in (i.to(self.device) for i in shares))
             return
-        perm = torch.randperm(len(self.train), generator=g).to(self.train.device)
-        for i in range(len(self.train) // batch_size):
-            idx = perm[i * batch_size:(i + 1) * batch_size]
-            yield self.train[idx], self.train_labels[idx], idx
+        files = self.files["ssl"]
+        for crops, y, idx, ok in _loader(_Decoded(files, 0, "train", views, seed * 100_003 + epoch), shares):
+            if not ok.all():
+                self.unreadable += int((~ok).sum())
+                print(f"warning: unreadable image {files[int(idx[~ok][0])][0]} replaced by another "
+                      f"({self.unreadable} so far)", file=sys.stderr, flush=True)
+            yield [c.to(self.device, non_blocking=True) for c in crops], y.to(self.device), idx.to(self.device)
 
     def eval_batches(self, split: Literal["train", "test"], batch_size: int = 512):
-        """Un-augmented uint8 images of the evaluation train or test split, in order."""
-        if self.large:
-            for x, y in _loader(_Decoded(self.files[split], self.image_size, "eval"), batch_size):
-                yield x.to(self.device, non_blocking=True), y.to(self.device)
+        """Un-augmented uint8 images and labels of an evaluation split, in order."""
+        if not self.large:
+            x, y = self.splits[split]
+            yield from ((x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size))
             return
-        x, y = (self.eval_train, self.eval_train_labels) if split == "train" else (self.test, self.test_labels)
-        for i in range(0, len(x), batch_size):
-            yield x[i:i + batch_size], y[i:i + batch_size]
-
+        sampler = [range(i, min(i + batch_size, len(self.files[split]))) for i in range(0, len(self.files[split]), batch_size)]
+        for x, y, _, _ in _loader(_Decoded(self.files[split], self.image_size, "eval"), sampler):
+            yield x.to(self.device, non_blocking=True), y.to(self.device)
 
 def load_data(name: str, data_dir: str, seed: int, device) -> Data:
-    """Load a dataset (see README for layouts). Missing data: UserError naming what, where and what to do."""
-    root = Path(data_dir).expanduser()
+    """Load a dataset (layouts in the README). Missing or unusable data: UserError naming what, where, what to do."""
+    root, small = Path(data_dir).expanduser(), None
     if name == "synthetic":
         x, y = make_synthetic(5120, seed)
-        d = Data(name, 10, 32, *_stats(x[:4096]), x[:4096], y[:4096], x[:4096], y[:4096], x[4096:], y[4096:])
+        small = 10, (x[:4096], y[:4096]), (x[:4096], y[:4096]), (x[4096:], y[4096:]), _stats(x[:4096])
     elif name in ("cifar10", "cifar100"):
-        xtr, ytr = _torchvision_split(name, root, "train")
-        xte, yte = _torchvision_split(name, root, "test")
-        d = Data(name, 10 if name == "cifar10" else 100, 32, *CIFAR_STATS[name], xtr, ytr, xtr, ytr, xte, yte)
+        tr, te = _torchvision_split(name, root, "train"), _torchvision_split(name, root, "test")
+        small = 10 if name == "cifar10" else 100, tr, tr, te, CIFAR_STATS[name]
     elif name == "stl10":
-        xu, yu = _torchvision_split(name, root, "train+unlabeled")
-        xtr, ytr = _torchvision_split(name, root, "train")
-        xte, yte = _torchvision_split(name, root, "test")
-        d = Data(name, 10, 96, *IMAGENET_STATS, xu, yu, xtr, ytr, xte, yte)
+        splits = [_torchvision_split(name, root, s) for s in ("train+unlabeled", "train", "test")]
+        small = 10, *splits, IMAGENET_STATS
     elif name == "medmnist":
-        if not root.is_file():
-            raise UserError(f"medmnist needs --data-dir pointing at a MedMNIST .npz file (e.g. bloodmnist.npz); {root} is not a file.")
-        z = np.load(root)
-        missing = [k for k in ("train_images", "train_labels", "test_images", "test_labels") if k not in z]
-        if missing:
-            raise UserError(f"{root} lacks the MedMNIST arrays {missing}.")
-        def arr(k):
-            a = torch.from_numpy(z[k])
-            return (a[:, None].expand(-1, 3, -1, -1) if a.ndim == 3 else a.permute(0, 3, 1, 2)).contiguous()
-        xtr, xte = arr("train_images"), arr("test_images")
-        ytr, yte = torch.from_numpy(z["train_labels"]).reshape(len(xtr), -1)[:, 0].long(), torch.from_numpy(z["test_labels"]).reshape(len(xte), -1)[:, 0].long()
-        d = Data(name, int(max(ytr.max(), yte.max())) + 1, xtr.shape[-1], *_stats(xtr), xtr, ytr, xtr, ytr, xte, yte)
+        keys = ("train_images", "train_labels", "test_images", "test_labels")
+        try:
+            z = np.load(root)
+            a = {k: torch.from_numpy(z[k]) for k in keys}
+        except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
+            raise UserError(f"medmnist needs --data-dir pointing at a MedMNIST .npz file with the arrays {keys} "
+                            f"(e.g. bloodmnist.npz); {root} is not one ({type(e).__name__}).") from None
+        tr, te = [((v[:, None].expand(-1, 3, -1, -1) if v.ndim == 3 else v.permute(0, 3, 1, 2)).contiguous(),
+                   a[f"{s}_labels"].reshape(len(v), -1)[:, 0].long()) for s, v in (("train", a["train_images"]),
+                                                                                  ("test", a["test_images"]))]
+        small = int(max(tr[1].max(), te[1].max())) + 1, tr, tr, te, _stats(tr[0])
     else:  # imagefolder, tinyimagenet, imagenet100: ImageFolder layouts
         split = next((s for s in ("val", "test") if (root / s).is_dir()), None)
         if not (root / "train").is_dir() or split is None:
             raise _missing(f"--dataset {name}: folders train/ and val/ (or test/)", root.resolve())
-        train, classes = _folder_samples(root / "train")
-        test, _ = _folder_samples(root / split)
-        if not train or not test:
-            raise _missing(f"images for --dataset {name}", root.resolve())
+        (train, classes), (test, _) = _folder_samples(root / "train"), _folder_samples(root / split)
         from PIL import Image
-        w, h = Image.open(train[0][0]).size
-        if max(w, h) <= SMALL_MAX and name != "imagenet100":
-            xtr, ytr = _decode_all(train, max(w, h))
-            xte, yte = _decode_all(test, max(w, h))
-            d = Data(name, len(classes), max(w, h), *_stats(xtr), xtr, ytr, xtr, ytr, xte, yte)
+        try:
+            size = max(Image.open(train[0][0]).size)
+        except OSError as e:
+            raise UserError(f"unreadable image file {train[0][0]} ({type(e).__name__}); remove or replace it.") from None
+        if size > SMALL_MAX or name == "imagenet100":
+            d = Data(name, len(classes), 224, *IMAGENET_STATS, files={"ssl": train, "train": train, "test": test})
         else:
-            d = Data(name, len(classes), 224, *IMAGENET_STATS, files={"train": train, "test": test})
+            tr = _decode_all(train, size)
+            small = len(classes), tr, tr, _decode_all(test, size), _stats(tr[0])
+    if small:
+        k, ssl, tr, te, stats = small
+        splits = {s: (x.to(device), y.to(device)) for s, (x, y) in (("ssl", ssl), ("train", tr), ("test", te))}
+        d = Data(name, k, ssl[0].shape[-1], *stats, splits=splits)
     d.device = torch.device(device)
-    return d.to(device)
+    return d
 
-
-def _stats(x: torch.Tensor):
+def _stats(x: Tensor):
     x = x[:10000].float() / 255
     return tuple(x.mean((0, 2, 3)).tolist()), tuple(x.std((0, 2, 3)).tolist())
 
-
-# ------------------------------------------------------------------------------------------ augmentation
-# Batched, on the training device, per-sample random parameters from a torch.Generator (reproducible); each op
-# matches torchvision's function on one image (tests/test_augment.py).
-Tensor = torch.Tensor
-
-
+# ---------------------------------------------------------------------------------------------------- augmentation
+# Batched on the training device, per-sample random parameters from a torch.Generator; each op matches torchvision's
+# function on one image (tests/test_augment.py). Parameters are drawn for the global batch and each rank keeps its
+# rows (shard = (rank, world size)), so several processes see exactly the views that one process would.
 @dataclass
 class ViewSpec:
-    """Augmentation recipe of one view."""
+    """Augmentation recipe of one view (defaults: solo-learn's CIFAR asymmetric view 1)."""
     size: int
     scale: Tuple[float, float] = (0.08, 1.0)
     ratio: Tuple[float, float] = (3 / 4, 4 / 3)
     flip_p: float = 0.5
-    jitter: Tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)  # bright., contrast, sat., hue
+    jitter: Tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
     jitter_p: float = 0.8
     gray_p: float = 0.2
     blur_p: float = 0.0
     blur_sigma: Tuple[float, float] = (0.1, 2.0)
     solarize_p: float = 0.0
 
+def multicrop(base: List[ViewSpec], n_local: int, local_size: int, local_scale, global_scale) -> List[ViewSpec]:
+    """The 2 global views of `base` with scale=global_scale, plus n_local small copies of base[0] (multi-crop)."""
+    glob = [replace(v, scale=tuple(global_scale)) for v in base[:2]]
+    return glob + [replace(base[0], size=local_size, scale=tuple(local_scale)) for _ in range(n_local)]
 
-def _rand(shape, g: torch.Generator, lo: float = 0.0, hi: float = 1.0) -> Tensor:
-    """U[lo, hi) float32 samples from g, on g's device."""
-    return torch.rand(shape, generator=g, device=g.device).mul_(hi - lo).add_(lo)
-
+def _rand(shape, g: torch.Generator, lo: float = 0.0, hi: float = 1.0, shard=(0, 1)) -> Tensor:
+    """U[lo, hi) float32 on g's device, drawn for shape[0] x world rows; this rank's shape[0] rows are returned."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    u = torch.rand((shape[0] * shard[1],) + shape[1:], generator=g, device=g.device)
+    return u[shard[0] * shape[0]:(shard[0] + 1) * shape[0]].mul_(hi - lo).add_(lo)
 
 def _apply(x: Tensor, mask: Tensor, fn, *params: Tensor) -> Tensor:
     """In place x[mask] = fn(x[mask], *params[mask]): only the selected samples are computed."""
@@ -299,262 +350,213 @@ def _apply(x: Tensor, mask: Tensor, fn, *params: Tensor) -> Tensor:
         x.index_copy_(0, idx, fn(x.index_select(0, idx), *(q.index_select(0, idx) for q in params)))
     return x
 
-
-# ---------------------------------------------------------------- geometry
-def rrc_params(B: int, H: int, W: int, scale, ratio, g: torch.Generator, attempts: int = 10):
-    """RandomResizedCrop.get_params for B samples at once -> (top, left, h, w), long (B,) each.
-
-    All tries are drawn at once; a sample keeps its first valid try, else torchvision's fallback
-    (central crop, aspect ratio clamped to `ratio`)."""
-    area = _rand((B, attempts), g, scale[0], scale[1]) * (H * W)
-    r = _rand((B, attempts), g, math.log(ratio[0]), math.log(ratio[1])).exp_()
+def rrc_params(B: int, H: int, W: int, scale, ratio, g: torch.Generator, attempts: int = 10, shard=(0, 1)):
+    """RandomResizedCrop.get_params for B samples at once -> (top, left, h, w), long (B,) each. All tries are drawn at
+    once; a sample keeps its first valid try, else torchvision's fallback (central crop, ratio clamped)."""
+    area = _rand((B, attempts), g, scale[0], scale[1], shard) * (H * W)
+    r = _rand((B, attempts), g, math.log(ratio[0]), math.log(ratio[1]), shard).exp_()
     w, h = (area * r).sqrt_().round_(), (area / r).sqrt_().round_()  # half to even, as Python
     ok = (w > 0) & (w <= W) & (h > 0) & (h <= H)
-    first = ok.to(torch.uint8).argmax(1, keepdim=True)
-    found = ok.any(1)
+    first, found = ok.to(torch.uint8).argmax(1, keepdim=True), ok.any(1)
     fw = int(round(H * max(ratio))) if W / H > max(ratio) else W
     fh = int(round(W / min(ratio))) if W / H < min(ratio) else H
     h = torch.where(found, h.gather(1, first).squeeze(1), float(fh)).long()
     w = torch.where(found, w.gather(1, first).squeeze(1), float(fw)).long()
-    u = _rand((2, B), g)
+    u = _rand((B, 2), g, shard=shard).T
     top = torch.where(found, torch.minimum((u[0] * (H - h + 1)).long(), H - h), (H - h) // 2)
     left = torch.where(found, torch.minimum((u[1] * (W - w + 1)).long(), W - w), (W - w) // 2)
     return top, left, h, w
 
-
 def _src_index(start: Tensor, length: Tensor, size: int):
     """Bilinear (align_corners=False) source indices and weights of `size` outputs per crop."""
-    scale = (length.float() / size)[:, None]  # float32, as torch.nn.functional.interpolate
-    src = ((torch.arange(size, device=start.device) + 0.5) * scale - 0.5).clamp_(min=0)
+    src = ((torch.arange(size, device=start.device) + 0.5) * (length.float() / size)[:, None] - 0.5).clamp_(min=0)
     i0 = src.floor().long()
     i1 = torch.minimum(i0 + 1, length[:, None] - 1)  # clamp at the crop border, not the image's
     return start[:, None] + i0, start[:, None] + i1, src - i0
 
-
 def resized_crop(x: Tensor, top: Tensor, left: Tensor, h: Tensor, w: Tensor, size: int) -> Tensor:
-    """Crop box i of image i, resize it bilinearly to size x size; float32 output.
-
-    Equals torchvision ``resized_crop(img, top, left, h, w, [size, size], antialias=False)``:
-    downscaling is done WITHOUT antialiasing. Separable: whole-row copies + lerp, then column
-    gathers + lerp. uint8 input is interpolated on its 0..255 scale."""
+    """Crop box i of image i resized bilinearly to size x size, float32 on x's scale: torchvision's resized_crop(img,
+    top, left, h, w, [size, size], antialias=False). Separable: whole-row copies + lerp, then column gathers + lerp."""
     B, C, H, W = x.shape
-    S = size
-    (y0, y1, ly), (x0, x1, lx) = _src_index(top, h, S), _src_index(left, w, S)
+    (y0, y1, ly), (x0, x1, lx) = _src_index(top, h, size), _src_index(left, w, size)
     planes, flat = torch.arange(B * C, device=x.device).view(B, C, 1) * H, x.reshape(B * C * H, W)
-    rows = lambda y: flat.index_select(0, (planes + y[:, None]).view(-1)).view(B, C, S, W)
+    rows = lambda y: flat.index_select(0, (planes + y[:, None]).view(-1)).view(B, C, size, W)  # noqa: E731
     ly, lx = ly[:, None, :, None], lx[:, None, None, :]
     t = (rows(y0) * (1 - ly)).addcmul_(rows(y1), ly)
-    cols = lambda xi: t.gather(3, xi[:, None, None, :].expand(B, C, S, S))
+    cols = lambda xi: t.gather(3, xi[:, None, None, :].expand(B, C, size, size))  # noqa: E731
     return cols(x0).mul_(1 - lx).addcmul_(cols(x1), lx)
 
-
-def hflip(x: Tensor, mask: Tensor, inplace: bool = False) -> Tensor:
-    """Flip horizontally the samples where mask is True."""
-    return _apply(x if inplace else x.clone(), mask, lambda z: z.flip(-1))
-
-
-# ---------------------------------------------------------------- photometric
-def _gray(x: Tensor) -> Tensor:
+def _gray(x: Tensor) -> Tensor:  # luma 0.2989 R + 0.587 G + 0.114 B, (B, 1, H, W)
     r, g, b = x.unbind(1)
     return r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(1)
 
-
-def _blend(x: Tensor, other: Tensor, f: Tensor) -> Tensor:
-    f = f.view(-1, 1, 1, 1)
-    return (x * f).add_(other * (1 - f)).clamp_(0, 1)
-
-
 def rgb_to_grayscale(x: Tensor) -> Tensor:
-    """Luma 0.2989 R + 0.587 G + 0.114 B, repeated to 3 channels."""
     return _gray(x).expand_as(x).contiguous()
 
-
-def adjust_brightness(x: Tensor, f: Tensor) -> Tensor:
-    return (x * f.view(-1, 1, 1, 1)).clamp_(0, 1)
-
-
-def adjust_contrast(x: Tensor, f: Tensor) -> Tensor:
-    """Blend with the mean of each image's grayscale version."""
-    return _blend(x, _gray(x).mean((1, 2, 3), keepdim=True), f)
-
-
-def adjust_saturation(x: Tensor, f: Tensor) -> Tensor:
-    return _blend(x, _gray(x), f)
-
+def jitter_op(j: int, x: Tensor, f: Tensor) -> Tensor:
+    """ColorJitter's op j with per-sample factors f (B,): 0 brightness (blend with black), 1 contrast (blend with the
+    mean of each image's grayscale version), 2 saturation (blend with the grayscale image), 3 hue (adjust_hue)."""
+    if j == 3:
+        return adjust_hue(x, f)
+    other, f = 0.0 if j == 0 else _gray(x).mean((1, 2, 3), keepdim=True) if j == 1 else _gray(x), f.view(-1, 1, 1, 1)
+    return (x * f).add_(other * (1 - f)).clamp_(0, 1)
 
 _HUE_RAMP = ((3.0, 2.0, 4.0), (1.0, 2.0, 2.0), (1.0, -1.0, -1.0))  # centre, offset, sign of R, G, B
 
-
 def adjust_hue(x: Tensor, hue: Tensor) -> Tensor:
-    """Shift the HSV hue by `hue` (in [-0.5, 0.5], mod 1), as torchvision's RGB -> HSV -> RGB.
-
-    Branch-free form of torchvision's _rgb_to_hsv/_hsv_to_rgb, algebraically identical (agrees to
-    ~1e-6; torch.where/remainder are slow on CPU). Max and chroma = max - min are kept; with
-    n = (x - min) / chroma, hue h6 (in sextants) = n_g - n_b | 2 + n_b - n_r | 4 + n_r - n_g if max
-    is R | G | B; then x = min + chroma * clamp(ramp(h6 mod 6), 0, 1), ramps R: |h6-3|-1,
-    G: 2-|h6-2|, B: 2-|h6-4|."""
+    """Shift the HSV hue by `hue` (in [-0.5, 0.5], mod 1) as torchvision's RGB -> HSV -> RGB, branch-free (agrees to
+    ~1e-6). With chroma = max - min and n = (x - min) / chroma the hue in sextants is h6 = n_g - n_b | 2 + n_b - n_r |
+    4 + n_r - n_g if max is R | G | B; x = min + chroma * clamp(ramp(h6 mod 6), 0, 1), ramps R: |h6 - 3| - 1,
+    G: 2 - |h6 - 2|, B: 2 - |h6 - 4|."""
     v, m = x.amax(1, keepdim=True), x.amin(1, keepdim=True)
     cr = v - m
     n = (x - m).div_(cr.clamp(min=1e-12))  # gray pixels: 0 / 1e-12 = 0 (any hue is fine there)
     nr, ng, nb = n.unbind(1)
     wr, fg = n[:, :2].floor().unbind(1)  # 1 on the max channel(s); R wins ties, as torchvision
     wg = fg * (1 - wr)
-    wb = 1 - wr - wg
-    h6 = wr * (ng - nb) + wg * (nb - nr + 2) + wb * (nr - ng + 4) + 6 * hue.view(-1, 1, 1)
+    h6 = wr * (ng - nb) + wg * (nb - nr + 2) + (1 - wr - wg) * (nr - ng + 4) + 6 * hue.view(-1, 1, 1)
     h6 = h6.sub_(h6.div(6).floor_().mul_(6)).unsqueeze(1)  # mod 6
     ctr, off, sgn = torch.tensor(_HUE_RAMP, device=x.device).view(3, 1, 3, 1, 1)
     return (h6 - ctr).abs_().sub_(off).mul_(sgn).clamp_(0, 1).mul_(cr).add_(m)
 
-
 def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
-    """Per-sample sigma, torchvision's kernel exp(-x^2 / 2 sigma^2) normalized, reflect padding;
-    separable, as a grouped conv over B*C groups."""
+    """Per-sample sigma, torchvision's normalized kernel exp(-x^2 / 2 sigma^2), reflect padding; separable, as a
+    grouped conv over B * C groups."""
     B, C, H, W = x.shape
     k, p = kernel_size, kernel_size // 2
     ker = (torch.linspace(-p, p, k, device=x.device) / sigma[:, None]).pow_(2).mul_(-0.5).exp_()
     ker = (ker / ker.sum(1, keepdim=True)).repeat_interleave(C, 0)  # (B*C, k)
-    y = F.pad(x.reshape(1, B * C, H, W), (p, p, p, p), mode="reflect")
-    y = F.conv2d(y, ker.view(B * C, 1, k, 1), groups=B * C)
+    y = F.conv2d(F.pad(x.reshape(1, B * C, H, W), (p, p, p, p), mode="reflect"), ker.view(B * C, 1, k, 1), groups=B * C)
     return F.conv2d(y, ker.view(B * C, 1, 1, k), groups=B * C).view(B, C, H, W)
 
+def solarize(x: Tensor) -> Tensor:  # where(x >= 0.5, 1 - x, x), which for 0.5 is min(x, 1 - x) (faster on CPU)
+    return torch.minimum(x, 1 - x)
 
-def solarize(x: Tensor, mask: Tensor, threshold: float = 0.5, inplace: bool = False) -> Tensor:
-    """where(x >= threshold, 1 - x, x) on the samples where mask is True. For threshold 0.5 that
-    is exactly min(x, 1 - x), which is faster than torch.where on CPU."""
-    fn = lambda z: torch.minimum(z, 1 - z) if threshold == 0.5 else torch.where(z >= threshold, 1 - z, z)
-    return _apply(x if inplace else x.clone(), mask, fn)
-
-
-_JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
-
-
-def color_jitter(x: Tensor, b: float, c: float, s: float, h: float, p: float, g: torch.Generator,
-                 return_params: bool = False, inplace: bool = False):
-    """RandomApply([ColorJitter(b, c, s, h)], p) with per-sample factors and op order.
-
-    Pass k applies op order[:, k] (0 brightness, 1 contrast, 2 saturation, 3 hue) to the subset
-    of jittered samples that has it there: 4 ops per sample. Zero strengths are skipped.
-    return_params=True also returns (applied (B,) bool, order (B, 4), factors (B, 4))."""
+def color_jitter(x: Tensor, b: float, c: float, s: float, h: float, p: float, g: torch.Generator, shard=(0, 1),
+                 return_params: bool = False):
+    """In place RandomApply([ColorJitter(b, c, s, h)], p) with per-sample factors and op order. Pass k applies op
+    order[:, k] (0 brightness, 1 contrast, 2 saturation, 3 hue) to the jittered samples that have it there; zero
+    strengths are skipped. return_params=True also returns (applied (B,) bool, order (B, 4), factors (B, 4))."""
     B = x.shape[0]
-    applied = _rand(B, g) < p
-    order = _rand((B, 4), g).argsort(1)
-    fac = torch.stack([_rand(B, g, max(0.0, 1 - b), 1 + b), _rand(B, g, max(0.0, 1 - c), 1 + c),
-                       _rand(B, g, max(0.0, 1 - s), 1 + s), _rand(B, g, -h, h)], 1)
+    applied, order = _rand(B, g, shard=shard) < p, _rand((B, 4), g, shard=shard).argsort(1)
+    fac = torch.stack([_rand(B, g, max(0.0, 1 - b), 1 + b, shard), _rand(B, g, max(0.0, 1 - c), 1 + c, shard),
+                       _rand(B, g, max(0.0, 1 - s), 1 + s, shard), _rand(B, g, -h, h, shard)], 1)
     idx = applied.nonzero().squeeze(1)
     if idx.numel() and any((b, c, s, h)):
         xs, o, fs = (t.index_select(0, idx) for t in (x, order, fac))
         for k in range(4):
             for j, strength in enumerate((b, c, s, h)):
                 if strength:
-                    _apply(xs, o[:, k] == j, _JITTER_OPS[j], fs[:, j])
-        x = x.index_copy_(0, idx, xs) if inplace else x.index_copy(0, idx, xs)
+                    _apply(xs, o[:, k] == j, lambda z, q: jitter_op(j, z, q), fs[:, j])
+        x.index_copy_(0, idx, xs)
     return (x, (applied, order, fac)) if return_params else x
 
-
-# ---------------------------------------------------------------- pipeline
 class Augment:
-    """uint8 batch (B, 3, H, W) -> one normalized float32 view per ViewSpec.
+    """uint8 batch (B, 3, H, W) -> one normalized float32 view per ViewSpec. Per view, solo-learn's order: random
+    resized crop, color jitter, grayscale, Gaussian blur (kernel: odd size nearest 10% of the view, >= 3), solarize,
+    horizontal flip, normalize. x may also be a list of uint8 batches already cropped to each spec.size (by the
+    DataLoader, large images): the crop is then skipped. channels_last: the views' memory format (conv nets)."""
 
-    Per view, solo-learn's order: random resized crop, color jitter, grayscale, Gaussian blur
-    (kernel: odd size nearest 10% of the view size, >= 3), solarize, horizontal flip, normalize.
-    x may also be a list of uint8 batches already cropped to each spec.size (e.g. by a
-    DataLoader for large images): the crop step is then skipped."""
-
-    def __init__(self, views: List[ViewSpec], mean: Sequence[float], std: Sequence[float]):
-        self.views = list(views)
+    def __init__(self, views: List[ViewSpec], mean: Sequence[float], std: Sequence[float], channels_last=False,
+                 shard=(0, 1)):
+        self.views, self.channels_last, self.shard = list(views), channels_last, shard
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.inv_std = 1.0 / torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
 
-    def __call__(self, x: Union[Tensor, List[Tensor]], g: torch.Generator) -> List[Tensor]:
+    def __call__(self, x, g: torch.Generator) -> List[Tensor]:
         pre = isinstance(x, (list, tuple))
         return [self.view(x[i] if pre else x, v, g, crop=not pre) for i, v in enumerate(self.views)]
 
     def view(self, x: Tensor, v: ViewSpec, g: torch.Generator, crop: bool = True) -> Tensor:
-        B, _, H, W = x.shape
-        if crop:
-            y = resized_crop(x, *rrc_params(B, H, W, v.scale, v.ratio, g), v.size)
-        else:
-            y = x.to(torch.float32, copy=True)
+        (B, _, H, W), sh = x.shape, self.shard
+        y = resized_crop(x, *rrc_params(B, H, W, v.scale, v.ratio, g, shard=sh), v.size) if crop else x.float()
         y = y.mul_(1.0 / 255) if x.dtype == torch.uint8 else y
         if v.jitter_p > 0:
-            y = color_jitter(y, *v.jitter, v.jitter_p, g, inplace=True)
+            color_jitter(y, *v.jitter, v.jitter_p, g, sh)
         if v.gray_p > 0:
-            y = _apply(y, _rand(B, g) < v.gray_p, rgb_to_grayscale)
+            _apply(y, _rand(B, g, shard=sh) < v.gray_p, rgb_to_grayscale)
         if v.blur_p > 0:
-            k = max(3, int(0.1 * v.size) // 2 * 2 + 1)
-            sigma = _rand(B, g, *v.blur_sigma)
-            y = _apply(y, _rand(B, g) < v.blur_p, lambda z, sg: gaussian_blur(z, sg, k), sigma)
+            k, sigma = max(3, int(0.1 * v.size) // 2 * 2 + 1), _rand(B, g, *v.blur_sigma, sh)
+            _apply(y, _rand(B, g, shard=sh) < v.blur_p, lambda z, sg: gaussian_blur(z, sg, k), sigma)
         if v.solarize_p > 0:
-            y = solarize(y, _rand(B, g) < v.solarize_p, inplace=True)
+            _apply(y, _rand(B, g, shard=sh) < v.solarize_p, solarize)
         if v.flip_p > 0:
-            y = hflip(y, _rand(B, g) < v.flip_p, inplace=True)
-        return y.sub_(self.mean.to(y.device)).mul_(self.inv_std.to(y.device))
+            _apply(y, _rand(B, g, shard=sh) < v.flip_p, lambda z: z.flip(-1))
+        y = y.sub_(self.mean.to(y.device)).mul_(self.inv_std.to(y.device))
+        return y.contiguous(memory_format=torch.channels_last) if self.channels_last else y
 
-
-# ---------------------------------------------------------------- solo-learn CIFAR presets
-def _pair(p) -> Tuple[float, float]:  # blur_p: one float for both views, or one per view
-    return tuple(p) if isinstance(p, (tuple, list)) else (p, p)
-
-
-def symmetric_views(size: int, blur_p=0.5) -> List[ViewSpec]:
-    """SimCLR-style: strong jitter (0.8, 0.8, 0.8, 0.2), no solarize."""
-    return [ViewSpec(size, jitter=(0.8, 0.8, 0.8, 0.2), blur_p=bp) for bp in _pair(blur_p)]
-
-
-def symmetric_weak_views(size: int, blur_p=0.5) -> List[ViewSpec]:
-    return [ViewSpec(size, jitter=(0.4, 0.4, 0.4, 0.1), blur_p=bp) for bp in _pair(blur_p)]
-
-
-def asymmetric_views(size: int, blur_p=0.0) -> List[ViewSpec]:
-    """BYOL-style: solarize on view 2 only; no blur on CIFAR (ImageNet recipe: blur_p=(1.0, 0.1))."""
-    return [ViewSpec(size, blur_p=bp, solarize_p=sp) for bp, sp in zip(_pair(blur_p), (0.0, 0.2))]
-
-
-def vicreg_views(size: int, blur_p=0.0) -> List[ViewSpec]:
-    return [ViewSpec(size, scale=(0.2, 1.0), blur_p=bp, solarize_p=0.1) for bp in _pair(blur_p)]
-
-
-def multicrop_views(base: List[ViewSpec], n_local: int, local_size: int,
-                    local_scale=(0.05, 0.4), global_scale=(0.4, 1.0)) -> List[ViewSpec]:
-    """The 2 global views of `base` with scale=global_scale, plus n_local small copies of base[0]."""
-    glob = [replace(v, scale=tuple(global_scale)) for v in base[:2]]
-    return glob + [replace(base[0], size=local_size, scale=tuple(local_scale)) for _ in range(n_local)]
-
-
-# ------------------------------------------------------------------------------------------- backbones
+# ------------------------------------------------------------------------------------------------------- backbones
 class TinyResNet(nn.Module):
     """A narrow ResNet (widths 16-32-64-128, one BasicBlock per stage, CIFAR stem) for CPU runs and tests."""
 
     def __init__(self, widths=(16, 32, 64, 128)):
         super().__init__()
         from torchvision.models.resnet import BasicBlock
-        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(True))
         layers, cin = [], widths[0]
         for i, w in enumerate(widths):
-            stride = 1 if i == 0 else 2
-            down = None if stride == 1 and cin == w else nn.Sequential(nn.Conv2d(cin, w, 1, stride, bias=False), nn.BatchNorm2d(w))
-            layers.append(BasicBlock(cin, w, stride, down))
+            s = 1 if i == 0 else 2
+            down = None if s == 1 and cin == w else nn.Sequential(nn.Conv2d(cin, w, 1, s, bias=False), nn.BatchNorm2d(w))
+            layers.append(BasicBlock(cin, w, s, down))
             cin = w
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x):
         return torch.flatten(F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1), 1)
 
+class ViT(torchvision.models.VisionTransformer):
+    """torchvision's VisionTransformer with heads = Identity: forward(x) is its forward, the CLS token after the final
+    LayerNorm (R). tokens() runs the same encoder (conv_proj, position embedding, encoder.layers, encoder.ln) with two
+    additions: masked patches replaced by a mask token, or only some patches kept; and images of another size (the
+    position embedding interpolated bicubically, as DINO does for local crops)."""
 
-def build_backbone(name: str, image_size: int):
-    """Backbone trunk without classifier, and its feature dimension. ResNets are torchvision's with `fc` replaced
-    by Identity; for images <= 64 px the CIFAR stem (3x3 conv, stride 1, padding 1, no max-pool). The saved
-    `backbone.pt` loads into the module this function returns with strict=True."""
+    def __init__(self, image_size: int, patch_size: int, dim: int, heads: int, mlp_dim: int, depth: int = 12):
+        super().__init__(image_size, patch_size, depth, heads, dim, mlp_dim)
+        self.heads = nn.Identity()
+
+    def position_embedding(self, gh: int, gw: int) -> Tensor:
+        """(1, 1 + gh * gw, D): the CLS position, then the patch grid's, interpolated from the trained grid."""
+        pos, g = self.encoder.pos_embedding, self.image_size // self.patch_size
+        if (gh, gw) == (g, g):
+            return pos
+        grid = F.interpolate(pos[:, 1:].reshape(1, g, g, -1).permute(0, 3, 1, 2), size=(gh, gw), mode="bicubic")
+        return torch.cat([pos[:, :1], grid.flatten(2).transpose(1, 2)], dim=1)
+
+    def tokens(self, x: Tensor, mask: Tensor = None, mask_token: Tensor = None, keep: Tensor = None) -> Tensor:
+        """All output tokens (N, 1 + L', D), CLS first. mask (N, L) bool: those patch embeddings are replaced by
+        mask_token (D,) (iBOT); keep (N, L') long: only those patches enter the encoder (MAE)."""
+        p = self.conv_proj(x)  # (N, D, gh, gw)
+        pos = self.position_embedding(*p.shape[-2:])
+        p = p.flatten(2).transpose(1, 2)  # (N, L, D)
+        if mask is not None:
+            p = torch.where(mask[..., None], mask_token.to(p.dtype), p)
+        p = p + pos[:, 1:]
+        if keep is not None:
+            p = p.gather(1, keep[..., None].expand(-1, -1, p.shape[-1]))
+        z = torch.cat([(self.class_token + pos[:, :1]).expand(len(p), -1, -1), p], dim=1)
+        return self.encoder.ln(self.encoder.layers(self.encoder.dropout(z)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.tokens(x)[:, 0]
+
+VIT_SIZES = {"vit_tiny": (192, 3, 768), "vit_small": (384, 6, 1536)}  # width, heads, MLP width; depth 12
+
+def build_backbone(name: str, image_size: int, patch_size: int = 0):
+    """Backbone without classifier and its feature dimension. ResNets: torchvision's with fc = Identity and, for images
+    <= 64 px, the CIFAR stem (3x3 conv, stride 1, padding 1, no max-pool). ViT: patch 4 up to 32 px, 8 up to 64, 16
+    above unless patch_size is given. The saved backbone.pt loads into what this returns with strict=True."""
     if name == "tiny":
         return TinyResNet(), 128
+    if name in VIT_SIZES:
+        p = patch_size or (4 if image_size <= 32 else 8 if image_size <= 64 else 16)
+        if image_size % p:
+            raise UserError(f"--patch-size {p} does not divide the {image_size}-px images.")
+        return ViT(image_size, p, *VIT_SIZES[name]), VIT_SIZES[name][0]
     net = getattr(torchvision.models, name)(weights=None)
     if image_size <= 64:
-        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        net.maxpool = nn.Identity()
-    dim = net.fc.in_features
-    net.fc = nn.Identity()
+        net.conv1, net.maxpool = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False), nn.Identity()
+    dim, net.fc = net.fc.in_features, nn.Identity()
     return net, dim
-
 
 def mlp(in_dim: int, hidden: int, out: int, layers: int = 2, last_bn: bool = False, last_bn_affine: bool = True):
     """Linear-BN-ReLU blocks then a final Linear (optionally followed by BN), the usual SSL projector/predictor."""
@@ -563,35 +565,29 @@ def mlp(in_dim: int, hidden: int, out: int, layers: int = 2, last_bn: bool = Fal
         mods += [nn.Linear(d, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
         d = hidden
     mods.append(nn.Linear(d, out, bias=not last_bn))
-    if last_bn:
-        mods.append(nn.BatchNorm1d(out, affine=last_bn_affine))
-    return nn.Sequential(*mods)
+    return nn.Sequential(*mods, *([nn.BatchNorm1d(out, affine=last_bn_affine)] if last_bn else []))
 
-
-# ------------------------------------------------------------------------------------ optimization
+# ---------------------------------------------------------------------------------------------------- optimization
 class LARS(torch.optim.Optimizer):
-    """LARS (You et al. 2017) as in solo-learn: SGD with momentum where each weight's step is scaled by the trust
-    ratio eta*||w|| / (||g|| + wd*||w||), clipped to at most 1x the global lr (`clip`). Parameter groups with
-    `lars_exclude=True` (biases, norm layers) get neither weight decay nor the trust ratio."""
+    """LARS (You et al. 2017) as in solo-learn: SGD with momentum where each weight's step is scaled by the trust ratio
+    eta ||w|| / (||g|| + wd ||w||), clipped to at most 1x the global lr (`clip`). Groups with lars_exclude=True
+    (biases, norm layers) get neither weight decay nor the trust ratio."""
 
     def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, eta=0.02, clip=True, eps=1e-8):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, clip=clip, eps=eps, lars_exclude=False))
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, clip=clip, eps=eps,
+                                      lars_exclude=False))
 
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            for p in (p for p in group["params"] if p.grad is not None):
                 g = p.grad
                 if not group["lars_exclude"]:
-                    wd = group["weight_decay"]
-                    w_norm, g_norm = p.norm(), g.norm()
+                    wd, w_norm, g_norm = group["weight_decay"], p.norm(), g.norm()
                     trust = group["eta"] * w_norm / (g_norm + wd * w_norm + group["eps"])
                     if group["clip"]:
                         trust = torch.clamp(trust / group["lr"], max=1.0)
-                    trust = torch.where((w_norm > 0) & (g_norm > 0), trust, torch.ones_like(trust))
-                    g = (g + wd * p) * trust
+                    g = (g + wd * p) * torch.where((w_norm > 0) & (g_norm > 0), trust, torch.ones_like(trust))
                 buf = self.state[p].get("momentum_buffer")
                 if buf is None:
                     buf = self.state[p]["momentum_buffer"] = torch.clone(g).detach()
@@ -599,13 +595,11 @@ class LARS(torch.optim.Optimizer):
                     buf.mul_(group["momentum"]).add_(g)
                 p.add_(buf, alpha=-group["lr"])
 
-
 def param_groups(module: nn.Module, weight_decay: float, **extra):
     """Two groups: weights (decayed) and biases/norm parameters (ndim <= 1: no decay, excluded from LARS)."""
     params = [p for p in module.parameters() if p.requires_grad]
     return [dict(params=[p for p in params if p.ndim > 1], weight_decay=weight_decay, lars_exclude=False, **extra),
             dict(params=[p for p in params if p.ndim <= 1], weight_decay=0.0, lars_exclude=True, **extra)]
-
 
 def make_optimizer(name: str, groups, lr: float, momentum: float = 0.9, betas=(0.9, 0.999)):
     """LARS / SGD / AdamW over param groups (see `param_groups`); `lr` is the already batch-scaled rate."""
@@ -613,41 +607,28 @@ def make_optimizer(name: str, groups, lr: float, momentum: float = 0.9, betas=(0
         grp["base_lr"] = grp.get("base_lr", lr)
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum)
-    if name == "sgd":
-        return torch.optim.SGD([{k: v for k, v in grp.items() if k != "lars_exclude"} for grp in groups], lr=lr, momentum=momentum)
-    return torch.optim.AdamW([{k: v for k, v in grp.items() if k != "lars_exclude"} for grp in groups], lr=lr, betas=betas)
-
-
-def scaled_lr(base_lr: float, batch_size: int) -> float:
-    """solo-learn's linear scaling rule: lr = base_lr * batch_size / 256."""
-    return base_lr * batch_size / 256
-
+    groups = [{k: v for k, v in grp.items() if k != "lars_exclude"} for grp in groups]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum) if name == "sgd" else torch.optim.AdamW(groups, lr, betas)
 
 def warmup_cosine(step: int, total: int, warmup: int, start: float = 3e-5 / 0.4, end: float = 0.0) -> float:
     """Multiplier of the base lr at `step`: linear warmup from `start` to 1 over `warmup` steps, then cosine to `end`."""
     if step < warmup:
         return start + (1 - start) * step / max(1, warmup)
-    t = (step - warmup) / max(1, total - warmup)
-    return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
+    return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 def cosine_schedule(step: int, total: int, base: float, final: float) -> float:
     """solo-learn's EMA/temperature schedule: final - (final - base) * (cos(pi * step / total) + 1) / 2."""
     return final - (final - base) * (math.cos(math.pi * min(step, total) / max(1, total)) + 1) / 2
 
-
-# ------------------------------------------------------------------------------------------- evaluation
+# ------------------------------------------------------------------------------------------------------ evaluation
 @torch.no_grad()
-def extract_features(backbone: nn.Module, data: Data, split: str, aug_normalize, batch_size=512):
-    was_training = backbone.training
-    backbone.eval()
-    feats, labels = [], []
-    for x, y in data.eval_batches(split, batch_size):
-        feats.append(backbone(aug_normalize(x)).float())
-        labels.append(y)
-    backbone.train(was_training)
+def extract_features(net: nn.Module, data: Data, split: str, normalize, batch_size=512):
+    """Outputs of `net` in eval mode on the un-augmented images of a split, and their labels. Every rank computes
+    them all (no collective, so evaluation cannot deadlock; it is not sped up by several processes)."""
+    was_training = net.training
+    feats, labels = zip(*[(net.eval()(normalize(x)).float(), y) for x, y in data.eval_batches(split, batch_size)])
+    net.train(was_training)
     return torch.cat(feats), torch.cat(labels)
-
 
 @torch.no_grad()
 def knn_top1(train_f, train_y, test_f, test_y, num_classes, k=KNN_K, T=KNN_T, chunk=1024) -> float:
@@ -660,207 +641,313 @@ def knn_top1(train_f, train_y, test_f, test_y, num_classes, k=KNN_K, T=KNN_T, ch
         correct += (votes.argmax(1) == test_y[i:i + chunk]).sum().item()
     return 100.0 * correct / len(test_f)
 
-
-def linear_probe(backbone: nn.Module, train_f, train_y, test_f, test_y, num_classes, epochs=100, batch_size=256, seed=0) -> float:
-    """Offline linear probe on frozen precomputed features (see LINEAR_PROTOCOL). Checks that it trained only its
-    two tensors and that the backbone (weights and BN statistics) is unchanged afterwards."""
+def linear_probe(backbone: nn.Module, train_f, train_y, test_f, test_y, num_classes, epochs=100, batch_size=256,
+                 seed=0) -> float:
+    """Offline linear probe on frozen precomputed features (LINEAR_PROTOCOL). Checks that it trained only its two
+    tensors and that the backbone (weights, BN statistics, gradients) is unchanged afterwards."""
     before = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
+    grads = [p.grad for p in backbone.parameters()]
     mu, sd = train_f.mean(0), train_f.std(0) + 1e-6
-    train_f, test_f = (train_f - mu) / sd, (test_f - mu) / sd
-    g = torch.Generator().manual_seed(seed)
+    train_f, test_f, g = (train_f - mu) / sd, (test_f - mu) / sd, torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):  # a seeded classifier init, leaving the global RNG untouched
         torch.manual_seed(seed)
         clf = nn.Linear(train_f.shape[1], num_classes).to(train_f.device)
     params = list(clf.parameters())
     opt = torch.optim.Adam(params, lr=1e-2)
-    steps = epochs * math.ceil(len(train_f) / batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * math.ceil(len(train_f) / batch_size))
     for _ in range(epochs):
         perm = torch.randperm(len(train_f), generator=g).to(train_f.device)
         for i in range(0, len(train_f), batch_size):
-            idx = perm[i:i + batch_size]
-            loss = F.cross_entropy(clf(train_f[idx]), train_y[idx])
+            loss = F.cross_entropy(clf(train_f[perm[i:i + batch_size]]), train_y[perm[i:i + batch_size]])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
     assert len(params) == 2 and [tuple(p.shape) for p in params] == [(num_classes, train_f.shape[1]), (num_classes,)]
-    assert all(p.grad is None for p in backbone.parameters()), "linear probe: backbone received gradients"
+    assert all(p.grad is g0 for p, g0 in zip(backbone.parameters(), grads)), "linear probe: backbone got gradients"
     after = backbone.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "linear probe: backbone weights or BN statistics changed"
     with torch.no_grad():
         return 100.0 * (clf(test_f).argmax(1) == test_y).float().mean().item()
 
+def labelled_cross_entropy(logits: Tensor, y: Tensor):
+    """Cross-entropy and top-1 (%) over the labelled samples (y >= 0) of a batch, without a device sync."""
+    w = (y >= 0).float()
+    ce = (F.cross_entropy(logits, y.clamp(min=0), reduction="none") * w).sum() / w.sum().clamp(min=1)
+    return ce, 100 * ((logits.argmax(1) == y).float() * w).sum() / w.sum().clamp(min=1)
 
 class OnlineProbe(nn.Module):
-    """Linear classifier trained alongside SSL on detached features (its own optimizer; unlabeled samples skipped)."""
+    """Linear classifier trained alongside SSL on detached features, with its own SGD (ONLINE_PROTOCOL)."""
 
-    def __init__(self, feat_dim, num_classes):
+    def __init__(self, feat_dim: int, num_classes: int, device):
         super().__init__()
-        self.fc = nn.Linear(feat_dim, num_classes)
+        self.fc = nn.Linear(feat_dim, num_classes).to(device)
         self.opt = torch.optim.SGD(self.fc.parameters(), lr=0.1, momentum=0.9)
 
-    def step(self, feats, y):
-        keep = y >= 0
-        logits = self.fc(feats.detach().float()[keep])
-        loss = F.cross_entropy(logits, y[keep])
+    def update(self, feats: Tensor, y: Tensor):
+        """One step on the labelled samples (y = -1: unlabelled, skipped); returns (loss, train top-1 %)."""
+        loss, acc = labelled_cross_entropy(self.fc(feats.detach().float()), y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(self.fc)
         self.opt.step()
-        return loss.detach(), (logits.argmax(1) == y[keep]).float().mean().detach() * 100
+        return loss.detach(), acc
 
-    def state(self):
-        return {"fc": self.fc.state_dict(), "opt": self.opt.state_dict()}
+def finetune(backbone: nn.Module, feat_dim: int, data: Data, normalize, autocast, epochs: int, batch_size: int,
+             seed: int) -> float:
+    """End-to-end supervised fine-tuning of a copy of the backbone with a linear head (FINETUNE_PROTOCOL), each rank on
+    its share of the labelled training images, gradients averaged; returns the test top-1."""
+    net = nn.Sequential(copy.deepcopy(backbone), nn.Linear(feat_dim, data.num_classes)).to(data.device).train()
+    opt = make_optimizer("adamw", param_groups(net, 0.05), 5e-4 * batch_size / 256)
+    view = ViewSpec(data.image_size, scale=(0.2, 1.0), jitter_p=0.0, gray_p=0.0)
+    aug, g = Augment([view], data.mean, data.std, shard=(rank(), world_size())), torch.Generator(data.device)
+    total, step = epochs * (len(data) // batch_size), 0
+    for epoch in range(epochs):
+        for x, y, _ in data.ssl_batches(batch_size, epoch, seed + 7, [view]):
+            for grp in opt.param_groups:
+                grp["lr"] = grp["base_lr"] * warmup_cosine(step, total, total // 10, start=0.0)
+            with autocast():
+                loss, _ = labelled_cross_entropy(net(aug(x, g.manual_seed(seed * 1_000_003 + step))[0]).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            average_gradients(net)
+            opt.step()
+            step += 1
+    with autocast():
+        logits, labels = extract_features(net, data, "test", normalize)
+    return 100.0 * (logits.argmax(1) == labels).float().mean().item()
 
-    def load(self, s):
-        self.fc.load_state_dict(s["fc"]), self.opt.load_state_dict(s["opt"])
+# ------------------------------------------------------------------------------------------------------------ runs
+CKPT_FORMAT = "cleanssl-checkpoint-1"
+FIXED_FLAGS = ("dataset", "backbone", "patch_size", "optimizer", "batch_size", "seed", "exp_name")  # define a run
 
-
-# ------------------------------------------------------------------------------------------------ runs
 def seed_everything(seed: int, deterministic: bool):
-    random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+    np.random.seed(seed), torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not deterministic
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
-
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name} asked for, but no CUDA device is available; use --device cpu.")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: not a device (auto, cpu, cuda, cuda:1, ...).") from None
 
+def rng_states() -> dict:  # torch's global RNGs (the augmentation is reseeded every step; nothing uses numpy's)
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
-def rng_states(gen: torch.Generator) -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [], "augment": gen.get_state()}
-
-
-def set_rng_states(s: dict, gen: torch.Generator):
-    random.setstate(s["python"]), np.random.set_state(s["numpy"]), torch.set_rng_state(s["torch"])
-    if s["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-    gen.set_state(s["augment"])
-
+def set_rng_states(s: dict):
+    torch.set_rng_state(s["torch"])
+    torch.cuda.set_rng_state_all(s["cuda"]) if s["cuda"] and len(s["cuda"]) == torch.cuda.device_count() else None
 
 def save_checkpoint(path: Path, state: dict):
-    """torch.save to a temporary file, then an atomic rename: a crash never leaves half a checkpoint."""
-    tmp = Path(str(path) + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """torch.save to a temporary file of this process, then an atomic rename: a crash or a full disk never leaves half
+    a checkpoint, and the previous one stays intact."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # disk full, directory gone or unwritable
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"could not write {path} ({str(e).splitlines()[0][:100]}); the previous checkpoint is "
+                        "unchanged. Free some disk space and --resume it.") from None
 
+def load_checkpoint(path: str, method: str, args) -> dict:
+    """A checkpoint of `method`, read with weights_only=True (tensors and plain values only: a file from elsewhere
+    cannot run code), its flags compared with this command line: FIXED_FLAGS must agree, other changes are listed."""
+    if not Path(path).is_file():
+        raise UserError(f"--resume {path}: no such checkpoint file.")
+    try:
+        s = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # empty, truncated, not a torch file, or holding objects other than tensors and plain types
+        raise UserError(f"--resume {path}: not a readable checkpoint ({type(e).__name__}).") from None
+    if not isinstance(s, dict) or s.get("format") != CKPT_FORMAT:
+        raise UserError(f"--resume {path}: not a cleanssl training checkpoint (resume from a run's last.pt).")
+    if s["method"] != method:
+        raise UserError(f"--resume {path} is a {s['method']} checkpoint; continue it with methods/{s['method']}.py.")
+    old = s["args"]
+    s["changed"] = {k: (old.get(k), v) for k, v in dataclasses.asdict(args).items()
+                    if k not in ("resume", "run_dir") and old.get(k) != v}
+    fixed = [f"--{k.replace('_', '-')} {s['changed'][k][0]} (now {s['changed'][k][1]})" for k in FIXED_FLAGS
+             if k in s["changed"]]
+    if fixed:
+        raise UserError(f"--resume {path}: it was trained with {', '.join(fixed)}; these flags cannot change in a run.")
+    return s
+
+def _first_nonfinite(*modules: nn.Module):
+    """Name of the first parameter or buffer holding NaN or Inf (one device sync), else None."""
+    items = [(k, v) for m in modules for k, v in m.state_dict().items() if v.is_floating_point()]
+    ok = torch.stack([torch.isfinite(v).all() for _, v in items]).cpu()
+    return None if ok.all() else items[int((~ok).nonzero()[0])][0]
 
 class Run:
-    """Everything around a method's training loop: seed, device, data, run directory and tensorboard, learning-rate
-    schedule, mixed precision, online probe, periodic kNN, representation/MI metrics, checkpoints and resume.
-
-    The method file keeps the algorithm; its loop reads:
+    """Everything around a method's training loop: processes, seed, device, data, run directory and tensorboard,
+    learning-rate schedule, precision, evaluation, metrics, checkpoints, resume, interruptions. It yields batches,
+    sets the lr, evaluates, logs and saves; every forward, backward and step is in the method file:
         for epoch in run.epochs():
-            for x, y in run.batches(epoch): ...views, forward, loss, run.step(loss, opt), run.log(...)
+            for x, y in run.batches(epoch): views, forward, loss, zero_grad, backward, step, run.log({...})
         run.finish()
     """
 
     def __init__(self, args, method: str):
-        self.args, self.method, self.t0 = args, method, time.time()
-        if args.epochs < 1 or args.batch_size < 2:
-            raise UserError("--epochs must be >= 1 and --batch-size >= 2.")
-        self.device = pick_device(args.device)
-        seed_everything(args.seed, args.deterministic)
-        self.data = load_data(args.dataset, args.data_dir, args.seed, self.device)
-        if len(self.data) < args.batch_size:
-            raise UserError(f"--batch-size {args.batch_size} is larger than the {len(self.data)} training images of {args.dataset}.")
-        self.steps_per_epoch = len(self.data) // args.batch_size
-        self.total_steps = args.epochs * self.steps_per_epoch  # what the lr / EMA / temperature schedules span
-        self.stop_step = min(self.total_steps, args.max_steps or self.total_steps)
-        prec = args.precision if args.precision != "auto" else ("bf16" if self.device.type == "cuda" else "fp32")
-        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[prec]
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=prec == "fp16")
-        self.gen = torch.Generator(device=self.device).manual_seed(args.seed)
-        self.channels_last = True  # faster convolutions on CUDA and on CPU (oneDNN)
-        self.step_count, self.epoch, self.start_epoch, self.done = 0, 0, 0, False
-        self._pending, self._views_seen, self._tick, self._last_print = [], 0, time.time(), 0.0
-        self.views, self.models, self.last_ckpt, self.results = None, None, None, {}
-        if args.resume:
-            ckpt = Path(args.resume)
-            if not ckpt.is_file():
-                raise UserError(f"--resume {ckpt}: no such checkpoint file.")
-            self.dir = ckpt.parent
-        else:
-            self.dir = Path("runs") / f"{args.dataset}__{args.exp_name or method}__{args.seed}__{int(time.time())}"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        from torch.utils.tensorboard import SummaryWriter
-        self.writer = SummaryWriter(str(self.dir))
-        table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
-        self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
-        print(f"[{method}] {args.dataset}: {len(self.data)} training images of {self.data.image_size}px, "
-              f"{self.data.num_classes} classes; {args.backbone} on {self.device} ({prec}); "
-              f"{self.steps_per_epoch} steps/epoch, {self.stop_step} steps; run dir {self.dir}", flush=True)
+        self.args, self.method, self.t0, a = args, method, time.time(), args
+        low = dict(epochs=1, batch_size=2, lr=1e-12, weight_decay=0, warmup_epochs=0, max_steps=0, eval_every=0, mi_every=0,
+                   save_every=0, save_every_minutes=0, patch_size=0, finetune_epochs=0)  # the smallest valid values
+        for flag in (f for f, lo in low.items() if getattr(a, f) < lo):
+            raise UserError(f"--{flag.replace('_', '-')} {getattr(a, flag)} is out of range (at least {low[flag]:g}).")
+        self.device = init_distributed(a.device)
+        self.rank, self.world, self.main = rank(), world_size(), rank() == 0
+        if a.batch_size % self.world:
+            raise UserError(f"--batch-size {a.batch_size} (the global batch) is not divisible by {self.world} processes.")
+        if a.sync_bn and self.world > 1 and self.device.type != "cuda":
+            raise UserError("--sync-bn needs GPUs (SyncBatchNorm refuses CPU tensors); add --no-sync-bn on CPU.")
+        seed_everything(a.seed, a.deterministic)
+        self.ckpt = load_checkpoint(a.resume, method, a) if a.resume else None
+        self.dir = self._choose_dir()
+        self.data = load_data(a.dataset, a.data_dir, a.seed, self.device)
+        if len(self.data) < a.batch_size:
+            raise UserError(f"--batch-size {a.batch_size} exceeds the {len(self.data)} training images of {a.dataset}.")
+        mine = (len(self.data), self.data.num_classes, self.data.image_size, sorted(dataclasses.asdict(a).items()))
+        if self.world > 1 and any_rank(broadcast(mine) != mine):
+            raise UserError("the processes disagree on the data or the flags (the same files and command everywhere?).")
+        self.steps_per_epoch = len(self.data) // a.batch_size
+        self.total_steps = a.epochs * self.steps_per_epoch  # what the lr / EMA / temperature schedules span
+        self.stop_step = min(self.total_steps, a.max_steps or self.total_steps)
+        prec = a.precision if a.precision != "auto" else ("bf16" if self.device.type == "cuda" else "fp32")
+        self.amp_dtype = torch.bfloat16 if prec == "bf16" else None
+        self.channels_last = not a.backbone.startswith("vit")  # faster convolutions on CUDA and on CPU (oneDNN)
+        self.gen = torch.Generator(device=self.device)  # augmentation: reseeded from (seed, step) at every step
+        self.step_count = self.epoch = self.start_epoch = self.start_batch = self.batch_in_epoch = self._views = 0
+        self.done = self.resumed_mid_epoch = False
+        self.writer = self.views = self.last_ckpt = self._signal = self._grid = None
+        self.results, self._pending, self._tick, self._printed, self._saved = {}, [], time.time(), 0.0, time.time()
+        self.print(f"[{method}] {a.dataset}: {len(self.data)} training images of {self.data.image_size}px, "
+                   f"{self.data.num_classes} classes; {a.backbone} on {self.device} ({prec})"
+                   f"{f' x {self.world} processes' if self.world > 1 else ''}; {self.steps_per_epoch} steps/epoch, "
+                   f"{self.stop_step} steps; run dir {self.dir}")
+
+    def print(self, *a):
+        if self.main:
+            print(*a, flush=True)
+
+    def shard(self, t: Tensor) -> Tensor:
+        """This rank's rows of a tensor drawn for the global batch (e.g. masks drawn with run.gen)."""
+        b = len(t) // self.world
+        return t[self.rank * b:(self.rank + 1) * b]
 
     # -- setup
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+    def _choose_dir(self) -> Path:
+        a, t = self.args, time.time()
+        if self.ckpt is not None:
+            if a.run_dir and Path(a.run_dir).resolve() != Path(a.resume).parent.resolve():
+                raise UserError(f"--run-dir {a.run_dir}: a resumed run stays in {Path(a.resume).parent}.")
+            return Path(a.resume).parent
+        if a.run_dir and Path(a.run_dir).exists():
+            raise UserError(f"--run-dir {a.run_dir} exists; a run directory is reused only by --resume DIR/last.pt.")
+        stamp = f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(t))}.{int(t % 1 * 1e6):06d}-{os.getpid()}"
+        d = Path(a.run_dir or broadcast(f"runs/{a.dataset}__{a.exp_name or self.method}__{a.seed}__{stamp}"))
+        try:  # fail now, not after loading the data: can the parent hold a new directory?
+            if self.main:
+                d.parent.mkdir(parents=True, exist_ok=True)
+                assert os.access(d.parent, os.W_OK), "not writable"
+        except (OSError, AssertionError) as e:
+            raise UserError(f"cannot create the run directory {d} ({type(e).__name__}: {e}).") from None
+        return d
+
+    def normalize(self, x: Tensor) -> Tensor:
         """uint8 images -> normalized float (the un-augmented evaluation input)."""
-        mean = torch.tensor(self.data.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.data.std, device=x.device).view(1, 3, 1, 1)
-        return self.cl((x.float() / 255 - mean) / std)
+        mean, std = (torch.tensor(s, device=x.device).view(1, 3, 1, 1) for s in (self.data.mean, self.data.std))
+        y = (x.float() / 255 - mean) / std
+        return y.contiguous(memory_format=torch.channels_last) if self.channels_last else y
 
-    def cl(self, x):
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
-
-    def augment(self, views):
-        """Build the batched augmentation for these view specs; log a grid of images and their views; fix the
-        held-out pair of views on which MI and dimensionality metrics are measured all run long."""
-        aug = Augment(views, self.data.mean, self.data.std)
-        self.views = views
-        x = next(self.data.eval_batches("test", 256))[0]
-        g = torch.Generator(device=self.device).manual_seed(12345)
-        v1, v2 = aug(x, g)[:2]
-        self.fixed_pair = (self.cl(v1), self.cl(v2))
-        xs = next(self.data.eval_batches("train", 8))[0]
-        grid = [self.normalize(xs)] + aug(xs, torch.Generator(device=self.device).manual_seed(0))
-        size = self.data.image_size if not self.data.large else 96
-        mean, std = torch.tensor(self.data.mean, device=xs.device).view(1, 3, 1, 1), torch.tensor(self.data.std, device=xs.device).view(1, 3, 1, 1)
-        grid = torch.cat([F.interpolate((v.float() * std + mean).clamp(0, 1), size=size) for v in grid])
-        self.writer.add_image("images/views", torchvision.utils.make_grid(grid.cpu(), nrow=len(xs)), 0)
-        return aug
+    def augment(self, views: List[ViewSpec]) -> Augment:
+        """The batched augmentation of these views. Also fixes the held-out pair of views on which MI and dimensionality
+        are measured all run long, and a grid of images with their views for tensorboard (images/views)."""
+        self.views, d = views, self.data
+        x, xs = next(d.eval_batches("test", 256))[0], next(d.eval_batches("train", 8))[0]
+        fixed = Augment(views[:2], d.mean, d.std, self.channels_last)  # the same on every rank
+        self.fixed_pair = fixed(x, torch.Generator(self.device).manual_seed(12345))
+        grid = [self.normalize(xs)] + Augment(views, d.mean, d.std)(xs, torch.Generator(self.device).manual_seed(0))
+        mean, std = (torch.tensor(s, device=xs.device).view(1, 3, 1, 1) for s in (d.mean, d.std))
+        grid = [F.interpolate((v.float() * std + mean).clamp(0, 1), size=96 if d.large else d.image_size) for v in grid]
+        self._grid = torchvision.utils.make_grid(torch.cat(grid).cpu(), nrow=len(xs))
+        return Augment(views, d.mean, d.std, self.channels_last, (self.rank, self.world))
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        """Move to the device (channels_last on CUDA) and optionally torch.compile the backbone(s) in place."""
-        model = model.to(self.device)
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        if self.args.compile:
-            for m in model.modules():
-                if isinstance(m, (torchvision.models.ResNet, TinyResNet)):
-                    m.compile()
+        """To the device (channels_last for conv nets), SyncBatchNorm across processes with --sync-bn, torch.compile of
+        the backbone(s) with --compile; in place."""
+        model = model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+        if self.args.sync_bn and self.world > 1:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        for m in model.modules() if self.args.compile else []:
+            if isinstance(m, (torchvision.models.ResNet, TinyResNet, ViT)):
+                m.compile()
         return model
 
-    def track(self, model: nn.Module, optimizers, backbones: dict, feat_dim: int):
-        """Register what is trained (model: every parameter and buffer, queues included), its optimizer(s), and the
-        backbones to evaluate as {name: (backbone, project)} where project maps R to Z. Resumes if --resume."""
-        self.model, self.optimizers = model, optimizers if isinstance(optimizers, (list, tuple)) else [optimizers]
-        self.backbones = backbones
-        self.probe = OnlineProbe(feat_dim, self.data.num_classes).to(self.device)
-        if self.args.resume:
-            s = torch.load(self.args.resume, map_location=self.device, weights_only=False)
-            if s.get("method") != self.method:
-                raise UserError(f"--resume {self.args.resume} is a {s.get('method')} checkpoint, not {self.method}.")
-            model.load_state_dict(s["model"])
+    def track(self, model: nn.Module, optimizers, backbones: dict, probe: OnlineProbe):
+        """Register what a checkpoint holds: model (every parameter and buffer: queues, centers, memories), optimizer(s)
+        and the online probe; `backbones` {name: (backbone, project R -> Z)} are evaluated. Loads --resume into them,
+        then creates the run directory and the tensorboard writer (rank 0) and catches SIGINT / SIGTERM."""
+        self.model, self.probe, self.backbones = model, probe, backbones
+        self.optimizers = list(optimizers) if isinstance(optimizers, (list, tuple)) else [optimizers]
+        if self.ckpt is not None:
+            self._load(self.ckpt)
+        if self.main:
+            try:
+                self.dir.mkdir(parents=True, exist_ok=self.ckpt is not None)
+            except OSError as e:
+                raise UserError(f"cannot create the run directory {self.dir} ({type(e).__name__}).") from None
+            for stale in self.dir.glob("*.tmp"):  # left by a process killed while saving
+                stale.unlink(missing_ok=True)
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(self.dir), purge_step=self.step_count + 1 if self.ckpt else None)
+            self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
+                f"|{k}|{v}|" for k, v in vars(self.args).items()))
+            if not self.ckpt:
+                self.writer.add_image("images/views", self._grid, 0)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+
+    def _load(self, s: dict):
+        a = self.args
+        try:
+            self.model.load_state_dict(s["model"])
+            assert len(s["optimizers"]) == len(self.optimizers)
             for o, so in zip(self.optimizers, s["optimizers"]):
+                now = [{k: v for k, v in g.items() if k != "params"} for g in o.param_groups]
                 o.load_state_dict(so)
-            self.probe.load(s["probe"]), self.scaler.load_state_dict(s["scaler"])
-            self.step_count, self.start_epoch = s["step"], s["epoch"] + 1
-            set_rng_states(s["rng"], self.gen)
-            self.last_ckpt = Path(self.args.resume)
-            print(f"resumed from {self.args.resume}: epoch {s['epoch'] + 1} done, step {s['step']}", flush=True)
+                for g, h in zip(o.param_groups, now):
+                    g.update(h)  # lr, weight decay, momentum...: this command line's (so changes are honoured)
+            self.probe.load_state_dict(s["probe"]), self.probe.opt.load_state_dict(s["probe_opt"])
+        except (RuntimeError, ValueError, KeyError, AssertionError) as e:
+            flags = ", ".join(f"--{k.replace('_', '-')} {o} (now {n})" for k, (o, n) in s["changed"].items())
+            raise UserError(f"--resume {a.resume}: the checkpoint does not fit this command's model or optimizer "
+                            f"({flags or str(e).splitlines()[0][:100]}).") from None
+        self.step_count, self.start_epoch, self.start_batch = s["step"], s["epoch"], s["batch_in_epoch"]
+        if self.start_batch >= self.steps_per_epoch:
+            self.start_epoch, self.start_batch = self.start_epoch + 1, 0
+        set_rng_states(s["rng"])
+        self.last_ckpt, changes = Path(a.resume), ", ".join(f"--{k.replace('_', '-')} {o} -> {n}"
+                                                            for k, (o, n) in s["changed"].items())
+        self.print(f"resumed from {a.resume} at step {self.step_count} (epoch {self.start_epoch + 1}, batch "
+                   f"{self.start_batch}){f'; honoured changes: {changes}' if changes else ''}")
+
+    def _on_signal(self, signum, _frame):
+        if self._signal is not None:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self._signal = signum
+        self.print(f"{signal.Signals(signum).name} received: saving a checkpoint after this step (again: quit now)")
 
     # -- the loop
     def epochs(self):
         for epoch in range(self.start_epoch, self.args.epochs):
-            self.epoch = epoch
+            self.epoch, self.resumed_mid_epoch = epoch, epoch == self.start_epoch and self.start_batch > 0
             yield epoch
             self.flush(force_print=True)
             last = epoch == self.args.epochs - 1 or self.done
@@ -872,195 +959,195 @@ class Run:
                 break
 
     def batches(self, epoch: int):
-        """Training batches of one epoch: (uint8 images, or per-view crops for large images; labels, -1 = none).
-        `run.batch_index` holds the dataset indices of the current batch (for per-sample memories)."""
-        for x, y, self.batch_index in self.data.ssl_batches(self.args.batch_size, epoch, self.args.seed, self.views):
-            self.step_count += 1
-            self._views_seen += self.args.batch_size * len(self.views or [0, 0])
+        """This rank's training batches of one epoch, from where a resumed run stopped: (uint8 images, or per-view crops
+        for large images; labels, -1 = none); `run.batch_index` holds their dataset indices. Between steps: metrics,
+        checkpoints by time, and SIGINT / SIGTERM (save, then stop)."""
+        a, start, steady = self.args, self.start_batch if epoch == self.start_epoch else 0, None
+        for i, (x, y, self.batch_index) in enumerate(self.data.ssl_batches(a.batch_size, epoch, a.seed, self.views,
+                                                                            start), start):
+            self.step_count, self.batch_in_epoch = self.step_count + 1, i + 1
+            self.gen.manual_seed(a.seed * 1_000_003 + self.step_count)
             yield x, y
-            if self.args.mi_every and self.step_count % self.args.mi_every == 0:
+            self._views += a.batch_size * len(self.views)
+            if i - start == 2:  # steady state from the epoch's 4th step on (compilation, autotuning done)
+                steady = (self._sync(), self.step_count)
+            if a.mi_every and self.step_count % a.mi_every == 0:
                 self.flush()
                 self.log_representation()
+            if self.world == 1 or self.step_count % 10 == 0:
+                due = self.main and a.save_every_minutes and time.time() - self._saved > 60 * a.save_every_minutes
+                stop, save = any_rank(self._signal is not None), any_rank(bool(due))
+                if stop or save:
+                    self.save()
+                if stop:
+                    sig = signal.Signals(self._signal or signal.SIGTERM)
+                    raise UserError(f"stopped by {sig.name} at step {self.step_count}; checkpoint {self.last_ckpt}; "
+                                    f"continue with --resume {self.last_ckpt}", 128 + sig.value)
             if self.step_count >= self.stop_step:
                 self.done = True
-                return
+                break
+        if steady and self.step_count > steady[1]:
+            self.results["views_per_sec"] = ((self.step_count - steady[1]) * a.batch_size * len(self.views)
+                                             / (self._sync() - steady[0]))
 
-    def lr_factor(self) -> float:
-        warm = self.args.warmup_epochs * self.steps_per_epoch
-        return warmup_cosine(self.step_count - 1, self.total_steps, warm)
+    def _sync(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     def update_lr(self, *optimizers) -> float:
-        """Set each param group's lr to base_lr * warmup-cosine factor (groups with fixed_lr=True keep base_lr)."""
-        f = self.lr_factor()
-        for o in optimizers or self.optimizers:
-            for grp in o.param_groups:
-                grp["lr"] = grp["base_lr"] * (1.0 if grp.get("fixed_lr") else f)
+        """Set each param group's lr to base_lr x warmup-cosine factor (groups with fixed_lr=True keep base_lr)."""
+        f = warmup_cosine(self.step_count - 1, self.total_steps, self.args.warmup_epochs * self.steps_per_epoch)
+        for grp in (grp for o in optimizers or self.optimizers for grp in o.param_groups):
+            grp["lr"] = grp["base_lr"] * (1.0 if grp.get("fixed_lr") else f)
         return (optimizers or self.optimizers)[0].param_groups[0]["lr"]
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
-    def step(self, loss: torch.Tensor, *optimizers):
-        """Backward and optimizer step (with the fp16 grad scaler when used)."""
-        optimizers = optimizers or self.optimizers
-        for o in optimizers:
-            o.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        for o in optimizers:
-            self.scaler.step(o)
-        self.scaler.update()
-
-    def log(self, feats: torch.Tensor | None = None, labels: torch.Tensor | None = None, **scalars):
-        """Log this step's scalars (tensor or float, e.g. losses/info_nce=...) and train the online probe on
-        `feats` (backbone features of view 1). Values are flushed to tensorboard in batches: no per-step sync."""
-        if feats is not None:
-            scalars["losses/online_linear"], scalars["charts/online_linear_train_top1"] = self.probe.step(feats, labels)
-        scalars = {k.replace("__", "/"): v.detach().float().clone() if torch.is_tensor(v) else torch.tensor(float(v)) for k, v in scalars.items()}
-        self._pending.append((self.step_count, scalars))
+    def log(self, scalars: dict):
+        """Log this step's scalars {tensorboard tag: tensor or number}, e.g. {"losses/total": loss}; written in batches
+        of 50 steps, so logging costs no device sync."""
+        self._pending.append((self.step_count, {k: v.detach().float().reshape(()).clone() if torch.is_tensor(v)
+                                                else torch.tensor(float(v)) for k, v in scalars.items()}))
         if len(self._pending) >= 50:
             self.flush()
 
     def flush(self, force_print=False):
-        """Write pending scalars, check the losses are finite, print the progress line (every ~10 s)."""
-        if not self._pending:
-            return
-        # one device->host transfer for all pending values; a key missing from a step is skipped, not NaN-filled
+        """Write pending scalars, stop if a loss is not finite (on every rank), print the progress line (~10 s)."""
         flat = [(step, k, v) for step, s in self._pending for k, v in s.items()]
-        vals = torch.stack([v.to(self.device) for _, _, v in flat]).tolist()
-        now = time.time()
-        vps = self._views_seen / max(now - self._tick, 1e-9)
-        last = {}
+        vals = torch.stack([v.to(self.device) for _, _, v in flat]).tolist() if flat else []
+        bad = next(((k, v, st) for (st, k, _), v in zip(flat, vals) if k.startswith("losses/") and not math.isfinite(v)),
+                   None)
+        if any_rank(bad is not None):
+            k, v, step = bad or ("a loss of another rank", "not finite", "?")
+            raise UserError(f"{k} is {v} at step {step}: training diverged. Last good checkpoint: "
+                            f"{self.last_ckpt or 'none saved yet'}. Try a lower --lr or --precision fp32.")
+        self._pending, now, last = [], time.time(), {}
+        if not flat or not self.main:
+            return
         for (step, k, _), v in zip(flat, vals):
             last[k] = v
-            if k.startswith("losses/") and not math.isfinite(v):
-                where = self.last_ckpt or "none saved yet"
-                raise UserError(f"{k} is {v} at step {step}: training diverged. Last good checkpoint: {where}. "
-                                "Try a lower --lr or --precision fp32.")
-            if math.isfinite(v):
-                self.writer.add_scalar(k, v, step)
+            self.writer.add_scalar(k, v, step)
+        vps, self._views, self._tick = self._views / max(now - self._tick, 1e-9), 0, now
         self.writer.add_scalar("charts/views_per_sec", vps, self.step_count)
-        self._pending, self._views_seen, self._tick = [], 0, now
-        if force_print or now - self._last_print > 10:
-            self._last_print = now
-            eta = (now - self.t0) / max(1, self.step_count - (self.start_epoch * self.steps_per_epoch)) * (self.stop_step - self.step_count)
-            loss = last.get("losses/total", next((v for k, v in last.items() if k.startswith("losses/")), float("nan")))
+        if force_print or now - self._printed > 10:
+            done = self.step_count - self.start_epoch * self.steps_per_epoch - self.start_batch
+            eta, self._printed = (now - self.t0) / max(1, done) * (self.stop_step - self.step_count), now
+            loss = last.get("losses/total", next((v for k, v in last.items() if k.startswith("losses/")), math.nan))
             print(f"epoch {self.epoch + 1}/{self.args.epochs} step {self.step_count}/{self.stop_step} loss {loss:.4f} "
-                  f"lr {last.get('charts/learning_rate', float('nan')):.4g} views/s {vps:,.0f} ETA {eta / 60:.1f} min", flush=True)
+                  f"lr {last.get('charts/learning_rate', math.nan):.4g} views/s {vps:,.0f} ETA {eta / 60:.1f} min",
+                  flush=True)
 
     # -- evaluation
     def _eval_mode(self):
         modes = [m.training for m in self.model.modules()]
         self.model.eval()
+        for b in self.model.buffers() if self.world > 1 else []:  # rank 0's BN statistics everywhere, as DDP does
+            dist.broadcast(b, 0)
         return modes
 
     def _restore(self, modes):
         for m, t in zip(self.model.modules(), modes):
             m.training = t
 
-    @torch.no_grad()
+    def _metrics(self, backbone, project) -> dict:
+        with torch.no_grad(), self.autocast():
+            r1, r2 = backbone(self.fixed_pair[0]), backbone(self.fixed_pair[1])
+            z1, z2 = project(r1), project(r2)
+        return estimators.representation_metrics(r1.float(), z1.float(), z2.float())
+
     def log_representation(self):
-        """MI estimates between the two views' embeddings and dimensionality metrics on the fixed held-out pair."""
-        modes = self._eval_mode()
+        """MI estimates between the two views' embeddings and dimensionality on the fixed held-out pair (rank 0)."""
+        if self.main:
+            modes = [m.training for m in self.model.modules()]
+            for name, (backbone, project) in self.model.eval() and self.backbones.items():
+                for k, v in self._metrics(backbone, project).items():
+                    self.writer.add_scalar(k + ("" if name == "main" else f"_{name}"), v, self.step_count)
+            self._restore(modes)
+            self._tick = time.time()
+
+    def _scalar(self, tag: str, value: float):
+        if self.main:
+            self.writer.add_scalar(tag, value, self.step_count)
+
+    def evaluate(self, final: bool = False):
+        """kNN top-1 of each tracked backbone and the online probe's test top-1; at the end (final) also the linear
+        probe, H(R) and I(R;Z), with their protocols."""
+        modes, a = self._eval_mode(), self.args
         for name, (backbone, project) in self.backbones.items():
             with self.autocast():
-                r1 = backbone(self.fixed_pair[0])
-                z1, z2 = project(r1), project(backbone(self.fixed_pair[1]))
+                (trf, trl), (tef, tel) = (extract_features(backbone, self.data, s, self.normalize) for s in ("train", "test"))
             tag = "" if name == "main" else f"_{name}"
-            for k, v in representation_metrics(r1.float(), z1.float(), z2.float()).items():
-                self.writer.add_scalar(k + tag, v, self.step_count)
-        self._restore(modes)
-        self._tick = time.time()
-
-    def features(self, backbone, split):
-        with self.autocast():
-            return extract_features(backbone, self.data, split, self.normalize)
-
-    def evaluate(self):
-        """kNN top-1 of each tracked backbone and the online probe's test top-1."""
-        modes = self._eval_mode()
-        for name, (backbone, _) in self.backbones.items():
-            (trf, trl), (tef, tel) = self.features(backbone, "train"), self.features(backbone, "test")
             knn = knn_top1(trf, trl, tef, tel, self.data.num_classes)
-            tag = "" if name == "main" else f"_{name}"
-            self.writer.add_scalar("eval/knn_top1" + tag, knn, self.step_count)
-            msg = f"  eval epoch {self.epoch + 1}: kNN top-1{tag} {knn:.2f}"
+            self._scalar("eval/knn_top1" + tag, knn)
+            self.results[f"knn_top1{tag}"] = knn
             if name == "main":
-                with torch.no_grad():
-                    online = 100.0 * (self.probe.fc(tef).argmax(1) == tel).float().mean().item()
-                self.writer.add_scalar("eval/online_linear_top1", online, self.step_count)
-                msg += f", online linear top-1 {online:.2f}"
-                self.results.update(knn_top1=knn, online_linear_top1=online)
-            print(msg, flush=True)
+                online = 100.0 * (self.probe.fc(tef).argmax(1) == tel).float().mean().item()
+                self._scalar("eval/online_linear_top1", online)
+                self.results["online_linear_top1"] = online
+            if not final:
+                self.print(f"  eval epoch {self.epoch + 1}: kNN top-1{tag} {knn:.2f}" +
+                           (f", online linear top-1 {online:.2f}" if name == "main" else ""))
+                continue
+            lin, m = linear_probe(backbone, trf, trl, tef, tel, self.data.num_classes, seed=a.seed), self._metrics(
+                backbone, project)
+            self._scalar("eval/linear_top1" + tag, lin)
+            h, i, dims = m["dim/erank_R"], m["dim/mi_RZ"], min(len(self.fixed_pair[0]), trf.shape[1])
+            self.results.update({f"linear_top1{tag}": lin, f"H_R{tag}": h, f"I_RZ{tag}": i})
+            self.print(f"[{name}] kNN top-1 {knn:.2f}   ({KNN_PROTOCOL})\n[{name}] linear top-1 {lin:.2f}   "
+                       f"({LINEAR_PROTOCOL})\n[{name}] H(R) = effective rank {h:.2f} of {dims}; I(R;Z) = {i:.3f} nats "
+                       f"(matrix Renyi-2, held-out batch); I(R;Z)/H(R) = {i / max(h, 1e-9):.4f}")
+            if name == "main" and self.main:
+                n = min(2000, len(tef))
+                thumbs = None if self.data.large else (self.data.splits["test"][0][:n].float() / 255).cpu()
+                self.writer.add_embedding(tef[:n].cpu(), metadata=tel[:n].tolist(), global_step=self.step_count,
+                                          label_img=thumbs, tag="backbone_features")
+        if final:
+            self.print(f"[main] online linear top-1 {online:.2f}   ({ONLINE_PROTOCOL})")
         self._restore(modes)
         self._tick = time.time()
 
     def save(self):
-        """Checkpoint (atomic): model, optimizers, probe, scaler, step, epoch, args, RNG states."""
+        """Checkpoint of a finite state (every rank checks, rank 0 writes atomically): model, optimizers, probe, step,
+        position in the epoch, args, RNG states. A non-finite state stops the run and never replaces a checkpoint."""
         self.flush()
-        path = self.dir / "last.pt"
-        save_checkpoint(path, {"method": self.method, "model": self.model.state_dict(),
-                               "optimizers": [o.state_dict() for o in self.optimizers], "probe": self.probe.state(),
-                               "scaler": self.scaler.state_dict(), "step": self.step_count, "epoch": self.epoch,
-                               "args": dataclasses.asdict(self.args), "rng": rng_states(self.gen)})
-        self.last_ckpt = path
+        bad = _first_nonfinite(self.model, self.probe)
+        if any_rank(bad is not None):
+            raise UserError(f"{bad or 'a parameter of another rank'} is not finite at step {self.step_count}: training "
+                            f"diverged; not saved. Last good checkpoint: {self.last_ckpt or 'none'}. Try a lower --lr.")
+        if self.main:
+            save_checkpoint(self.dir / "last.pt", {
+                "format": CKPT_FORMAT, "method": self.method, "model": self.model.state_dict(),
+                "optimizers": [o.state_dict() for o in self.optimizers], "probe": self.probe.state_dict(),
+                "probe_opt": self.probe.opt.state_dict(), "step": self.step_count, "epoch": self.epoch,
+                "batch_in_epoch": self.batch_in_epoch, "world_size": self.world, "rng": rng_states(),
+                "args": dataclasses.asdict(self.args)})
+        self.last_ckpt, self._saved = self.dir / "last.pt", time.time()
 
     def finish(self):
-        """Final kNN and offline linear probe per backbone, backbone.pt, projector embedding, summary and results.json."""
+        """Final evaluation of each backbone (and fine-tuning with --finetune-epochs), backbone.pt, results.json."""
+        signal.signal(signal.SIGINT, signal.default_int_handler), signal.signal(signal.SIGTERM, signal.SIG_DFL)
         self.flush(force_print=True)
-        for o in self.optimizers:
-            o.zero_grad(set_to_none=True)  # training is over; the linear probe then checks no gradient reaches the backbone
-        modes = self._eval_mode()
         a = self.args
-        print(f"== {self.method} on {a.dataset}: {a.backbone}, {self.epoch + 1} epochs, {self.step_count} steps, seed {a.seed} ==")
-        for name, (backbone, project) in self.backbones.items():
-            (trf, trl), (tef, tel) = self.features(backbone, "train"), self.features(backbone, "test")
-            knn = knn_top1(trf, trl, tef, tel, self.data.num_classes)
-            lin = linear_probe(backbone, trf, trl, tef, tel, self.data.num_classes, seed=a.seed)
-            with torch.no_grad(), self.autocast():
-                r = backbone(self.fixed_pair[0])
-                z = project(r)
-            m = representation_metrics(r.float(), z.float(), z.float())
-            h_r, i_rz = m["dim/erank_R"], m["dim/mi_RZ"]
-            tag = "" if name == "main" else f"_{name}"
-            self.results.update({f"knn_top1{tag}": knn, f"linear_top1{tag}": lin, f"H_R{tag}": h_r, f"I_RZ{tag}": i_rz})
-            self.writer.add_scalar("eval/knn_top1" + tag, knn, self.step_count)
-            self.writer.add_scalar("eval/linear_top1" + tag, lin, self.step_count)
-            print(f"[{name}] kNN top-1 {knn:.2f}   ({KNN_PROTOCOL})")
-            print(f"[{name}] linear top-1 {lin:.2f}   ({LINEAR_PROTOCOL})")
-            print(f"[{name}] H(R) = effective rank {h_r:.2f} of {min(r.shape)}; I(R;Z) = {i_rz:.3f} nats "
-                  f"(matrix Renyi-2, held-out batch); I(R;Z)/H(R) = {i_rz / max(h_r, 1e-9):.4f}")
-            if name == "main":
-                path = self.dir / "backbone.pt"
-                save_checkpoint(path, {k: v.cpu() for k, v in backbone.state_dict().items()})
-                n = min(2000, len(tef))
-                thumbs = torch.cat([x for x, _ in self.data.eval_batches("test", 512)])[:n] if not self.data.large else None
-                self.writer.add_embedding(tef[:n].cpu(), metadata=tel[:n].tolist(), global_step=self.step_count,
-                                          label_img=None if thumbs is None else (thumbs.float() / 255).cpu(), tag="backbone_features")
-        if "online_linear_top1" in self.results:
-            print(f"[main] online linear top-1 {self.results['online_linear_top1']:.2f}   ({ONLINE_PROTOCOL})")
-        self._restore(modes)
-        self.results.update(method=self.method, dataset=a.dataset, backbone=a.backbone, seed=a.seed, epochs=self.epoch + 1,
-                            steps=self.step_count, minutes=(time.time() - self.t0) / 60)
-        (self.dir / "results.json").write_text(json.dumps(self.results, indent=1))
-        self.writer.close()
-        print(f"backbone: {self.dir / 'backbone.pt'}   checkpoint: {self.last_ckpt}   tensorboard --logdir {self.dir.parent}", flush=True)
+        self.print(f"== {self.method} on {a.dataset}: {a.backbone}, {self.epoch + 1} epochs, {self.step_count} steps, "
+                   f"seed {a.seed} ==")
+        self.evaluate(final=True)
+        backbone = self.backbones["main"][0]
+        if self.main and _first_nonfinite(backbone) is None:
+            save_checkpoint(self.dir / "backbone.pt", {k: v.cpu() for k, v in backbone.state_dict().items()})
+        if a.finetune_epochs:
+            ft = finetune(backbone, self.probe.fc.in_features, self.data, self.normalize, self.autocast,
+                          a.finetune_epochs, a.batch_size, a.seed)
+            self._scalar("eval/finetune_top1", ft)
+            self.results["finetune_top1"] = ft
+            self.print(f"[main] fine-tune top-1 {ft:.2f} after {a.finetune_epochs} epoch(s)   ({FINETUNE_PROTOCOL})")
+        self.results.update(method=self.method, dataset=a.dataset, backbone=a.backbone, seed=a.seed, steps=self.step_count,
+                            epochs=self.epoch + 1, minutes=(time.time() - self.t0) / 60, processes=self.world,
+                            views_per_image=len(self.views))
+        if self.main:
+            (self.dir / "results.json").write_text(json.dumps(self.results, indent=1))
+            self.writer.close()
+        self.print(f"backbone: {self.dir / 'backbone.pt'}   checkpoint: {self.last_ckpt}   tensorboard --logdir "
+                   f"{self.dir.parent}")
         return self.results
-
-
-def mi_estimates(z1: torch.Tensor, z2: torch.Tensor) -> dict:
-    """cos-DV, InfoNCE and JSD bounds (nats) between paired embeddings, cosine critic at T=MI_TEMPERATURE."""
-    s = estimators.cosine_scores(z1, z2, MI_TEMPERATURE)
-    return {"mi/cos_dv": estimators.dv_bound(s).item(), "mi/infonce": estimators.infonce_bound(s).item(),
-            "mi/jsd": estimators.jsd_bound(s).item()}
-
-
-def representation_metrics(r: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> dict:
-    """MI estimates between the views' embeddings (mi_estimates) and dimensionality of R and Z."""
-    out = mi_estimates(z1, z2)
-    out["dim/mi_RZ"] = estimators.matrix_mutual_information(F.normalize(r, dim=1), F.normalize(z1, dim=1))
-    for name, x in (("R", r), ("Z", z1)):
-        out[f"dim/erank_{name}"] = estimators.effective_rank(x)
-        out[f"dim/eig_count_{name}"] = estimators.eigen_count(x, 0.01)
-        out[f"dim/explained_var_top30_{name}"] = estimators.explained_variance(x, 0.3)
-        out[f"dim/uniformity_{name}"] = estimators.uniformity(x)
-    return out

@@ -15,6 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+PD_MARGIN = 1e-12  # gaussian_mi: positive definite means smallest eigenvalue > PD_MARGIN x largest
+MI_TEMPERATURE = 0.1  # critic temperature of the logged MI estimates (fixed, so curves compare across methods)
+
 
 def _as64(x):
     """Detached float64 tensor from a tensor or array-like."""
@@ -91,8 +94,11 @@ def nwj_bound(scores):
 def gaussian_mi(cov, dx):
     """MI of jointly Gaussian (X, Y) with joint covariance ``cov``; X = first dx coords.
 
-    I(X; Y) = 1/2 (log det S_X + log det S_Y - log det S)   (Cover & Thomas, ch. 8).
-    Raises ValueError if the covariance is not positive definite.
+    I(X; Y) = 1/2 (log det S_X + log det S_Y - log det S)   (Cover & Thomas, ch. 8),
+    log-determinants from the eigenvalues. Raises ValueError unless each of the three
+    matrices is positive definite with a margin: smallest eigenvalue > 1e-12 x largest
+    (an exactly singular covariance computes to ~1e-16 x largest on any machine, a
+    ridge of 1e-8 on unit-scale data to ~1e-10, so round-off never decides).
     """
     cov = _as64(cov)
     if cov.dim() != 2 or cov.shape[0] != cov.shape[1]:
@@ -101,10 +107,11 @@ def gaussian_mi(cov, dx):
         raise ValueError(f"dx must be in [1, {cov.shape[0] - 1}], got {dx}")
     logdets = []
     for m in (cov, cov[:dx, :dx], cov[dx:, dx:]):
-        sign, logdet = torch.linalg.slogdet(m)
-        if sign <= 0 or torch.linalg.cholesky_ex(m).info != 0:
-            raise ValueError("covariance is not positive definite (singular or indefinite)")
-        logdets.append(logdet)
+        lam = torch.linalg.eigvalsh((m + m.T) / 2)  # ascending
+        if lam[0] <= PD_MARGIN * lam[-1].abs():
+            raise ValueError(f"covariance is not positive definite: smallest eigenvalue {lam[0].item():.3g} <= "
+                             f"{PD_MARGIN:g} x largest {lam[-1].item():.3g} (singular or indefinite)")
+        logdets.append(torch.log(lam).sum())
     return float(0.5 * (logdets[1] + logdets[2] - logdets[0]))
 
 
@@ -210,3 +217,23 @@ def alignment(x, y, alpha=2.0):
     """Alignment (Wang & Isola 2020): mean_i |x^_i - y^_i|^alpha on L2-normalized rows."""
     xn, yn = F.normalize(_as64(x), dim=1), F.normalize(_as64(y), dim=1)
     return float((xn - yn).norm(dim=1).pow(alpha).mean())
+
+
+# ------------------------------------------------- what the training scripts log
+def mi_estimates(z1, z2):
+    """cos-DV, InfoNCE and JSD estimates (nats) between paired embeddings (N, D), cosine critic at T=MI_TEMPERATURE."""
+    s = cosine_scores(z1, z2, MI_TEMPERATURE)
+    return {"mi/cos_dv": dv_bound(s).item(), "mi/infonce": infonce_bound(s).item(), "mi/jsd": jsd_bound(s).item()}
+
+
+def representation_metrics(r, z1, z2):
+    """mi_estimates between the two views' embeddings z1, z2, the matrix Renyi-2 I(R;Z1) of L2-normalized rows, and
+    the dimensionality of R and Z1 (effective rank, eigenvalues above 0.01, top-30% explained variance, uniformity)."""
+    out = mi_estimates(z1, z2)
+    out["dim/mi_RZ"] = matrix_mutual_information(F.normalize(r, dim=1), F.normalize(z1, dim=1))
+    for name, x in (("R", r), ("Z", z1)):
+        out[f"dim/erank_{name}"] = effective_rank(x)
+        out[f"dim/eig_count_{name}"] = eigen_count(x, 0.01)
+        out[f"dim/explained_var_top30_{name}"] = explained_variance(x, 0.3)
+        out[f"dim/uniformity_{name}"] = uniformity(x)
+    return out

@@ -17,9 +17,9 @@ headless) and tensorboard scalars to runs/toy_gaussian__{experiment}__{seed}__{u
 1. trajectories: a mixture of 5 isotropic Gaussian clusters in R^dim (centers uniform in [-center_box, center_box]^dim,
    seeded); the two views of a sample are the sample plus independent N(0, aug_std^2) noise. Every method trains the
    same encoder (Linear-BN-ReLU x2 + Linear, `--hidden-dim`, `--embed-dim`) with its own objective, imported from
-   methods/ (SDMI, JMI, SimCLR, BYOL, SimSiam, Barlow Twins, VICReg: those that exist), with the same seed, data,
+   methods/ (SDMI, JMI, SimCLR, BYOL, SimSiam, Barlow Twins, VICReg), with the same seed, data,
    views and Adam optimizer. Every `--record-every` steps: the (eval-mode) embeddings of the 5 noise-free cluster
-   centers, and cos-DV / InfoNCE / JSD (critic: cosine, T = common.MI_TEMPERATURE) on a fixed held-out pair of views.
+   centers, and cos-DV / InfoNCE / JSD (critic: cosine, T = estimators.MI_TEMPERATURE) on a fixed held-out pair of views.
    Figures: trajectories.png (one panel per method; PCA to 2-D fitted once on the final embeddings of held-out
    samples; opacity grows with training), mi.png (one panel per estimator, one curve per method). At the end a
    table: separation = between-center spread / within-cluster spread of the L2-normalized embeddings (and of the raw
@@ -49,7 +49,7 @@ Implementation details:
 3. Temperature 0.1 for SimCLR, SDMI and JMI (`--temperature`); Barlow Twins' lambda 0.05 (`--barlow-lambda`;
    0.0051 is tuned for 2048-d embeddings, here 16-d); VICReg 25/25/1.
 4. MI estimates (trajectories) are between f's embeddings of the two views of the same 512 held-out samples,
-   as common.representation_metrics; they are estimates, not the MI the objectives maximize (SDMI's is between
+   as estimators.representation_metrics; they are estimates, not the MI the objectives maximize (SDMI's is between
    h(f(.)) and g(.)). Separation is computed in the full embedding space, not on the 2-D PCA of the figure.
 """
 import copy
@@ -76,19 +76,13 @@ sys.path.insert(0, str(ROOT)), sys.path.insert(0, str(ROOT / "methods"))
 import common  # noqa: E402
 import estimators  # noqa: E402
 
-# Each method's objective comes from its own file; a method whose file does not exist yet is skipped.
-OBJECTIVES, SKIPPED = {}, []
-for _name, _module, _fns in (("sdmi", "sdmi", ("sdmi_objective", "sdmi_phase")), ("jmi", "jmi", ("jmi_objective",)),
-                             ("simclr", "simclr", ("info_nce_loss",)),
-                             ("byol", "byol", ("regression_loss", "ema_update")),
-                             ("simsiam", "simsiam", ("negative_cosine",)),
-                             ("barlow_twins", "barlow_twins", ("barlow_twins_loss",)),
-                             ("vicreg", "vicreg", ("vicreg_loss",))):
-    try:
-        _mod = __import__(_module)
-        OBJECTIVES[_name] = {f: getattr(_mod, f) for f in _fns}
-    except (ImportError, AttributeError):
-        SKIPPED.append(_name)
+from barlow_twins import barlow_twins_loss  # noqa: E402  (the objectives, from the method files)
+from byol import ema_update, regression_loss  # noqa: E402
+from jmi import jmi_objective  # noqa: E402
+from sdmi import sdmi_objective, sdmi_phase  # noqa: E402
+from simclr import info_nce_loss  # noqa: E402
+from simsiam import negative_cosine  # noqa: E402
+from vicreg import vicreg_loss  # noqa: E402
 
 MethodName = Literal["sdmi", "jmi", "simclr", "byol", "simsiam", "barlow_twins", "vicreg"]
 ALL_METHODS: Tuple[MethodName, ...] = ("sdmi", "jmi", "simclr", "byol", "simsiam", "barlow_twins", "vicreg")
@@ -110,7 +104,7 @@ class Args:
     """what the ridge is relative to (see ridged_joint_cov); auto: shared for pca (Z in R's units), per_block for mlp"""
     # trajectories
     methods: Tuple[MethodName, ...] = ALL_METHODS
-    """trajectories: methods to train (those whose file does not exist yet are skipped with a message)"""
+    """trajectories: methods to train"""
     dim: int = 10
     """trajectories: input dimension d"""
     n_samples: int = 2000
@@ -259,8 +253,8 @@ def writer(path: Path, args=None):
 
 
 # -------------------------------------------------------------------- 1. trajectories: the methods
-# Each method: loss(m, x1, x2, a, t) -> (loss to minimize, {term: value}); m.f is the encoder whose embeddings
-# are recorded; t is the 0-based step. The objectives themselves come from methods/ (OBJECTIVES).
+# Each method: step(m, x1, x2, a, t) -> (loss to minimize, {term: value}); m.f is the encoder whose embeddings
+# are recorded; t is the 0-based step. The objectives themselves come from methods/ (imported above).
 def encoder(a):  # the same network for every method
     return common.mlp(a.dim, a.hidden_dim, a.embed_dim, layers=3)
 
@@ -269,69 +263,67 @@ def predictor(a):
     return common.mlp(a.embed_dim, a.hidden_dim, a.embed_dim, layers=2)
 
 
-def sdmi_loss(m, x1, x2, a, t):
+def sdmi_step(m, x1, x2, a, t):
     # as methods/sdmi.py: f (with its predictor h) and g take turns; f-step: h(f(.)) against sg(g(.)), g-step: g(.)
     # against sg(h(f(.))); the held-fixed side runs without gradient (the stop-gradient). Views swapped symmetrically.
-    phase = OBJECTIVES["sdmi"]["sdmi_phase"](t + 1, 1)  # 1-based step; alternate every step
+    phase = sdmi_phase(t + 1, 1)  # 1-based step; alternate every step
     with torch.set_grad_enabled(phase == 0):
         p1, p2 = m.h(m.f(x1)), m.h(m.f(x2))  # (N, E)
     with torch.set_grad_enabled(phase == 1):
         z1, z2 = m.g(x1), m.g(x2)  # (N, E)
-    obj = OBJECTIVES["sdmi"]["sdmi_objective"]
-    value = (obj(p1, z2, a.temperature, a.sdmi_marginal) + obj(p2, z1, a.temperature, a.sdmi_marginal)) / 2
+    value = (sdmi_objective(p1, z2, a.temperature, a.sdmi_marginal)
+             + sdmi_objective(p2, z1, a.temperature, a.sdmi_marginal)) / 2
     return -value, {"neg_sdmi": -value}
 
 
-def jmi_loss(m, x1, x2, a, t):
-    value = OBJECTIVES["jmi"]["jmi_objective"](m.f(x1), m.f(x2), a.temperature, a.jmi_marginal)
+def jmi_step(m, x1, x2, a, t):
+    value = jmi_objective(m.f(x1), m.f(x2), a.temperature, a.jmi_marginal)
     return -value, {"neg_jmi": -value}
 
 
-def simclr_loss(m, x1, x2, a, t):
-    loss = OBJECTIVES["simclr"]["info_nce_loss"](m.f(x1), m.f(x2), a.temperature)
+def simclr_step(m, x1, x2, a, t):
+    loss = info_nce_loss(m.f(x1), m.f(x2), a.temperature)
     return loss, {"info_nce": loss}
 
 
-def byol_loss(m, x1, x2, a, t):
-    reg = OBJECTIVES["byol"]["regression_loss"]
+def byol_step(m, x1, x2, a, t):
     p1, p2 = m.h(m.f(x1)), m.h(m.f(x2))
     with torch.no_grad():
         zt1, zt2 = m.target(x1), m.target(x2)  # the EMA target, no gradient
-    loss = reg(p1, zt2) + reg(p2, zt1)
+    loss = regression_loss(p1, zt2) + regression_loss(p2, zt1)
     return loss, {"regression": loss}
 
 
 def byol_ema(m, a, t):  # after the optimizer step: the target follows the updated online encoder
-    OBJECTIVES["byol"]["ema_update"](m.f, m.target, a.ema_tau)
+    ema_update(m.f, m.target, a.ema_tau)
 
 
-def simsiam_loss(m, x1, x2, a, t):
+def simsiam_step(m, x1, x2, a, t):
     z1, z2 = m.f(x1), m.f(x2)
     p1, p2 = m.h(z1), m.h(z2)
-    neg_cos = OBJECTIVES["simsiam"]["negative_cosine"]  # stop-gradient on z inside
-    loss = 0.5 * (neg_cos(p1, z2) + neg_cos(p2, z1))
+    loss = 0.5 * (negative_cosine(p1, z2) + negative_cosine(p2, z1))  # stop-gradient on z inside
     return loss, {"negative_cosine": loss}
 
 
-def barlow_twins_loss(m, x1, x2, a, t):
-    total, invariance, redundancy = OBJECTIVES["barlow_twins"]["barlow_twins_loss"](m.f(x1), m.f(x2), a.barlow_lambda)
+def barlow_twins_step(m, x1, x2, a, t):
+    total, invariance, redundancy = barlow_twins_loss(m.f(x1), m.f(x2), a.barlow_lambda)
     return total, {"invariance": invariance, "redundancy": redundancy}
 
 
-def vicreg_loss(m, x1, x2, a, t):
-    total, invariance, variance, covariance = OBJECTIVES["vicreg"]["vicreg_loss"](m.f(x1), m.f(x2))
+def vicreg_step(m, x1, x2, a, t):
+    total, invariance, variance, covariance = vicreg_loss(m.f(x1), m.f(x2))
     return total, {"invariance": invariance, "variance": variance, "covariance": covariance}
 
 
 # name -> (modules besides the encoder f, loss, after-step hook)
 METHODS = {
-    "sdmi": (lambda a: dict(h=predictor(a), g=encoder(a)), sdmi_loss, None),
-    "jmi": (lambda a: {}, jmi_loss, None),
-    "simclr": (lambda a: {}, simclr_loss, None),
-    "byol": (lambda a: dict(h=predictor(a)), byol_loss, byol_ema),
-    "simsiam": (lambda a: dict(h=predictor(a)), simsiam_loss, None),
-    "barlow_twins": (lambda a: {}, barlow_twins_loss, None),
-    "vicreg": (lambda a: {}, vicreg_loss, None),
+    "sdmi": (lambda a: dict(h=predictor(a), g=encoder(a)), sdmi_step, None),
+    "jmi": (lambda a: {}, jmi_step, None),
+    "simclr": (lambda a: {}, simclr_step, None),
+    "byol": (lambda a: dict(h=predictor(a)), byol_step, byol_ema),
+    "simsiam": (lambda a: dict(h=predictor(a)), simsiam_step, None),
+    "barlow_twins": (lambda a: {}, barlow_twins_step, None),
+    "vicreg": (lambda a: {}, vicreg_step, None),
 }
 
 
@@ -356,7 +348,7 @@ def separation(e, y):
 def evaluate(m, x_centers, xv1, xv2, x_eval):
     m.eval()
     centers, z1, z2, e = m.f(x_centers), m.f(xv1), m.f(xv2), m.f(x_eval)
-    mi = common.mi_estimates(z1, z2)  # the same estimates every method script logs
+    mi = estimators.mi_estimates(z1, z2)  # the same estimates every method script logs
     m.train()
     return centers.numpy(), mi, e.numpy()
 
@@ -434,7 +426,7 @@ def plot_mi(recs, n_pairs, path):
         if k == "mi/infonce":  # InfoNCE <= log N
             bound = ax.axhline(math.log(n_pairs), color="gray", ls="--", lw=1, label=f"log N = {math.log(n_pairs):.2f}")
             ax.legend(handles=[bound], fontsize=8, loc="lower right")
-        ax.set_title(f"{title} (cosine critic, T = {common.MI_TEMPERATURE})"), ax.set_xlabel("step")
+        ax.set_title(f"{title} (cosine critic, T = {estimators.MI_TEMPERATURE})"), ax.set_xlabel("step")
         ax.set_ylabel("nats" if k != "mi/jsd" else "JSD estimate")
     axes[0].legend(fontsize=8)
     fig.suptitle(f"MI estimates between the two views' embeddings on a fixed held-out set of {n_pairs} pairs")
@@ -451,11 +443,8 @@ def run_trajectories(a, out):
     noise = rng.standard_normal((2,) + xv.shape) * a.aug_std
     f32 = lambda v: torch.tensor(v, dtype=torch.float32)  # noqa: E731
     data = (f32(x), f32(xv + noise[0]), f32(xv + noise[1]), f32(x_eval), f32(c))
-    names, skipped = [n for n in a.methods if n in OBJECTIVES], [n for n in a.methods if n not in OBJECTIVES]
-    if skipped:
-        print(f"skipped (objective not in methods/ yet): {', '.join(skipped)}", flush=True)
     recs = {}
-    for name in names:
+    for name in a.methods:
         w = writer(out / name, a)
         recs[name] = rec = train_trajectories(name, a, data, w)
         rec["sep_cos"] = separation(F.normalize(torch.tensor(rec["final_embed"]), dim=1).numpy(), y_eval)
@@ -477,7 +466,7 @@ def run_trajectories(a, out):
     print("\n".join(lines))
     results = {n: {"separation": r["sep_cos"], "separation_raw": r["sep_raw"], "seconds": r["seconds"],
                    **{k: r[k][-1] for k in MI_NAMES}} for n, r in recs.items()}
-    results["input_separation"], results["skipped"] = separation(x_eval, y_eval), skipped
+    results["input_separation"] = separation(x_eval, y_eval)
     return paths, results
 
 
@@ -540,17 +529,15 @@ def mlp_nets(in_dim):
     return nn.Sequential(*layers[:-1]), nn.Sequential(nn.Linear(20, 5), nn.ReLU(), nn.Linear(5, 5))
 
 
-MLP_LOSSES = {"simclr": lambda z1, z2, a: OBJECTIVES["simclr"]["info_nce_loss"](z1, z2, a.temperature),
-              "vicreg": lambda z1, z2, a: OBJECTIVES["vicreg"]["vicreg_loss"](z1, z2)[0]}
+MLP_LOSSES = {"simclr": lambda z1, z2, a: info_nce_loss(z1, z2, a.temperature),
+              "vicreg": lambda z1, z2, a: vicreg_loss(z1, z2)[0]}
 
 
 def run_mlp(a, out):
     rng = np.random.default_rng(a.seed)
     x_np, _, _ = make_blobs(1000, a.mlp_features, 5, a.mlp_cluster_std, rng)
     x = torch.tensor(x_np, dtype=torch.float32)
-    names = [n for n in MLP_LOSSES if n in OBJECTIVES]
-    if len(names) < 2:
-        print(f"skipped (objective not in methods/ yet): {', '.join(n for n in MLP_LOSSES if n not in names)}")
+    names = list(MLP_LOSSES)
     scale, curves = "per_block" if a.ridge_scale == "auto" else a.ridge_scale, {}
     for name in names:
         torch.manual_seed(a.seed)  # same initial networks for both losses
@@ -607,8 +594,8 @@ def check(a: Args):
     if a.experiment == "trajectories":
         if a.steps < 1 or a.record_every < 1 or a.batch_size < 2 or a.n_samples < 512:
             raise common.UserError("--steps and --record-every must be >= 1, --batch-size >= 2, --n-samples >= 512.")
-        if not any(n in OBJECTIVES for n in a.methods):
-            raise common.UserError(f"none of --methods {' '.join(a.methods)} has its objective in methods/ yet.")
+        if not a.methods:
+            raise common.UserError("--methods needs at least one method.")
     if a.experiment == "pca" and (a.draws < 1 or not a.components or any(
             k < 1 or k > min(a.n_features_sweep + (a.fixed_n_features,)) for k in a.components)):
         raise common.UserError("--draws must be >= 1 and every --components at most every n_features of the sweeps.")

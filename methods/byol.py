@@ -20,7 +20,10 @@ Implementation details (defaults = solo-learn's tuned CIFAR recipe, scripts/pret
    batch 4096). The EMA covers parameters only; the target's BatchNorm statistics are never used for training
    (the target runs in train mode, on batch statistics), so they are not averaged.
 5. Loss 2 - 2 cos(p, z') per view pair, summed over the two symmetric pairs (solo-learn sums; the paper too).
-6. Evaluation uses the online backbone; R = online backbone output, Z = online projector output.
+6. Several processes: no gather. The loss is a mean of per-image terms, so each process's mean over its share,
+   averaged by common.average_gradients, is the global mean; images meet only in BatchNorm, hence --sync-bn on by
+   default (solo-learn; the paper's BN statistics are over the whole batch, and BYOL depends on them).
+7. Evaluation uses the online backbone; R = online backbone output, Z = online projector output.
 """
 import copy
 import sys
@@ -31,7 +34,6 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
@@ -44,11 +46,13 @@ class Args:
     data_dir: str = "data"
     """where the dataset lives or is downloaded to (medmnist: the .npz file)"""
     backbone: common.BackboneName = "resnet18"
-    """backbone (CIFAR stem for images <= 64 px); `tiny` is a narrow ResNet for CPU runs"""
+    """backbone (ResNets get the CIFAR stem for images <= 64 px); `tiny` is a narrow ResNet for CPU runs"""
+    patch_size: int = 0
+    """ViT patch size (0: 4 up to 32 px, 8 up to 64 px, 16 above)"""
     epochs: int = 1000
     """training epochs"""
     batch_size: int = 256
-    """images per step (two views each)"""
+    """images per optimizer step, all processes together"""
     optimizer: common.OptimizerName = "lars"
     """optimizer of the SSL parameters"""
     lr: float = 1.0
@@ -60,25 +64,33 @@ class Args:
     seed: int = 0
     """seed of weights, data order and augmentations"""
     device: str = "auto"
-    """auto (cuda if available), cpu, cuda, cuda:1..."""
+    """auto (cuda if available), cpu, cuda, cuda:1...; under torchrun each process takes its local GPU"""
     precision: common.Precision = "auto"
     """autocast dtype; auto = bf16 on CUDA, fp32 on CPU"""
     deterministic: bool = False
     """deterministic kernels (slower on GPU)"""
     compile: bool = False
     """torch.compile the backbone"""
+    sync_bn: bool = True
+    """under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm; GPUs only)"""
     eval_every: int = 50
     """kNN and online-probe test accuracy every N epochs (0: only at the end)"""
     mi_every: int = 500
     """MI estimates and dimensionality metrics on a fixed held-out batch every N steps (0: never)"""
+    finetune_epochs: int = 0
+    """at the end, also fine-tune a copy of the backbone end to end for N epochs and report test top-1"""
     save_every: int = 50
-    """checkpoint every N epochs, and at the end (0: only backbone.pt at the end)"""
+    """checkpoint every N epochs and at the end (0: not by epoch)"""
+    save_every_minutes: float = 10.0
+    """also checkpoint every N minutes (0: not by time); SIGINT / SIGTERM always save before stopping"""
     max_steps: int = 0
     """stop after N optimizer steps (0: run all epochs); the schedules still span all epochs"""
     resume: Optional[str] = None
-    """continue from this checkpoint (its run directory is reused)"""
+    """continue exactly from this checkpoint (a run's last.pt), in its run directory"""
+    run_dir: Optional[str] = None
+    """the run directory, which must not exist yet (default: runs/{dataset}__{exp_name}__{seed}__{time}-{pid})"""
     exp_name: str = ""
-    """run name in runs/{dataset}__{exp_name}__{seed}__{time} (default: the method)"""
+    """run name in the default run directory (default: the method)"""
     # method-specific
     proj_hidden_dim: int = 4096
     """projector hidden width"""
@@ -106,17 +118,18 @@ def ema_update(online: nn.Module, target: nn.Module, tau: float):
 
 def main(args: Args):
     run = common.Run(args, "byol")
-    aug = run.augment(common.asymmetric_views(run.data.image_size))
-    backbone, feat_dim = common.build_backbone(args.backbone, run.data.image_size)
+    size = run.data.image_size
+    aug = run.augment([common.ViewSpec(size), common.ViewSpec(size, solarize_p=0.2)])  # asymmetric views
+    backbone, feat_dim = common.build_backbone(args.backbone, size, args.patch_size)
     projector = common.mlp(feat_dim, args.proj_hidden_dim, args.proj_output_dim)
     predictor = common.mlp(args.proj_output_dim, args.pred_hidden_dim, args.proj_output_dim)
     online = nn.Sequential(backbone, projector)
     target = copy.deepcopy(online).requires_grad_(False)  # why: the target only follows the online net by EMA
     model = run.prepare(nn.ModuleDict(dict(online=online, predictor=predictor, target=target)))
-    trainable = nn.ModuleList([online, predictor])
-    optimizer = common.make_optimizer(args.optimizer, common.param_groups(trainable, args.weight_decay),
-                                      common.scaled_lr(args.lr, args.batch_size))
-    run.track(model, optimizer, {"main": (backbone, projector)}, feat_dim)
+    optimizer = common.make_optimizer(args.optimizer, common.param_groups(model, args.weight_decay),
+                                      args.lr * args.batch_size / 256)
+    probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
+    run.track(model, optimizer, {"main": (backbone, projector)}, probe)
 
     for epoch in run.epochs():
         for x, y in run.batches(epoch):
@@ -124,14 +137,19 @@ def main(args: Args):
             tau = common.cosine_schedule(run.step_count - 1, run.total_steps, args.tau_base, args.tau_final)
             x1, x2 = aug(x, run.gen)
             with run.autocast():
-                r1, r2 = backbone(run.cl(x1)), backbone(run.cl(x2))  # R: (N, feat_dim)
-                p1, p2 = predictor(projector(r1)), predictor(projector(r2))  # (N, proj_output_dim)
+                r1, r2 = backbone(x1), backbone(x2)  # R: (n, feat_dim)
+                p1, p2 = predictor(projector(r1)), predictor(projector(r2))  # (n, proj_output_dim)
                 with torch.no_grad():
-                    z1_t, z2_t = target(run.cl(x1)), target(run.cl(x2))  # target projections (N, proj_output_dim)
+                    z1_t, z2_t = target(x1), target(x2)  # target projections (n, proj_output_dim)
             loss = regression_loss(p1.float(), z2_t.float()) + regression_loss(p2.float(), z1_t.float())
-            run.step(loss, optimizer)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            common.average_gradients(model)  # several processes: the global batch's gradient on every one
+            optimizer.step()
             ema_update(online, target, tau)  # why after the step: the target follows the updated online weights
-            run.log(r1, y, losses__regression=loss, losses__total=loss, charts__learning_rate=lr, charts__momentum=tau)
+            probe_loss, probe_acc = probe.update(r1, y)
+            run.log({"losses/regression": loss, "losses/total": loss, "losses/online_linear": probe_loss,
+                     "charts/online_linear_train_top1": probe_acc, "charts/learning_rate": lr, "charts/momentum": tau})
     run.finish()
 
 

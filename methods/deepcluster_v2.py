@@ -31,7 +31,11 @@ Implementation details (defaults = solo-learn's tuned CIFAR recipe, scripts/pret
    views (paper).
 7. LARS (eta 0.02, clipped, biases/norms excluded), lr 0.6 x batch/256, wd 1e-6, 10 warmup epochs, cosine to 0;
    solo-learn's yaml sets 11 warmup epochs (--warmup-epochs 11) and a minimum lr of 0.0006 (not exposed).
-8. Evaluation: see README (online probe, kNN, offline linear probe); R = backbone output, Z = projector output.
+8. Several processes: the loss is per image (its cluster, fixed prototypes), so it needs no gather; the global
+   batch's embeddings and indices are gathered into the memory of every process, so the memories, the k-means and
+   the prototypes stay identical. --sync-bn on by default (solo-learn). A run resumed in the middle of an epoch
+   keeps that epoch's checkpointed clustering (run.resumed_mid_epoch) instead of clustering again.
+9. Evaluation: see README (online probe, kNN, offline linear probe); R = backbone output, Z = projector output.
 """
 import sys
 from dataclasses import dataclass
@@ -41,7 +45,6 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
@@ -54,11 +57,13 @@ class Args:
     data_dir: str = "data"
     """where the dataset lives or is downloaded to (medmnist: the .npz file)"""
     backbone: common.BackboneName = "resnet18"
-    """backbone (CIFAR stem for images <= 64 px); `tiny` is a narrow ResNet for CPU runs"""
+    """backbone (ResNets get the CIFAR stem for images <= 64 px); `tiny` is a narrow ResNet for CPU runs"""
+    patch_size: int = 0
+    """ViT patch size (0: 4 up to 32 px, 8 up to 64 px, 16 above)"""
     epochs: int = 1000
     """training epochs"""
     batch_size: int = 256
-    """images per step (two views each)"""
+    """images per optimizer step, all processes together"""
     optimizer: common.OptimizerName = "lars"
     """optimizer of the SSL parameters"""
     lr: float = 0.6
@@ -70,25 +75,33 @@ class Args:
     seed: int = 0
     """seed of weights, data order and augmentations"""
     device: str = "auto"
-    """auto (cuda if available), cpu, cuda, cuda:1..."""
+    """auto (cuda if available), cpu, cuda, cuda:1...; under torchrun each process takes its local GPU"""
     precision: common.Precision = "auto"
     """autocast dtype; auto = bf16 on CUDA, fp32 on CPU"""
     deterministic: bool = False
     """deterministic kernels (slower on GPU)"""
     compile: bool = False
     """torch.compile the backbone"""
+    sync_bn: bool = True
+    """under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm; GPUs only)"""
     eval_every: int = 50
     """kNN and online-probe test accuracy every N epochs (0: only at the end)"""
     mi_every: int = 500
     """MI estimates and dimensionality metrics on a fixed held-out batch every N steps (0: never)"""
+    finetune_epochs: int = 0
+    """at the end, also fine-tune a copy of the backbone end to end for N epochs and report test top-1"""
     save_every: int = 50
-    """checkpoint every N epochs, and at the end (0: only backbone.pt at the end)"""
+    """checkpoint every N epochs and at the end (0: not by epoch)"""
+    save_every_minutes: float = 10.0
+    """also checkpoint every N minutes (0: not by time); SIGINT / SIGTERM always save before stopping"""
     max_steps: int = 0
     """stop after N optimizer steps (0: run all epochs); the schedules still span all epochs"""
     resume: Optional[str] = None
-    """continue from this checkpoint (its run directory is reused)"""
+    """continue exactly from this checkpoint (a run's last.pt), in its run directory"""
+    run_dir: Optional[str] = None
+    """the run directory, which must not exist yet (default: runs/{dataset}__{exp_name}__{seed}__{time}-{pid})"""
     exp_name: str = ""
-    """run name in runs/{dataset}__{exp_name}__{seed}__{time} (default: the method)"""
+    """run name in the default run directory (default: the method)"""
     # method-specific
     temperature: float = 0.1
     """softmax temperature of the cluster predictions"""
@@ -135,12 +148,11 @@ def main(args: Args):
     if max(args.num_prototypes) > len(run.data):
         raise common.UserError(f"--num-prototypes {max(args.num_prototypes)} exceeds the {len(run.data)} images.")
     size = run.data.image_size
-    views = common.symmetric_views(size)
+    views = [common.ViewSpec(size, jitter=(0.8, 0.8, 0.8, 0.2), blur_p=0.5)] * 2  # symmetric views
     if args.num_local_crops:  # SwAV's multi-crop scales: local 0.05-0.14, global 0.14-1
-        views = common.multicrop_views(views, args.num_local_crops, args.local_crop_size or size // 2,
-                                       local_scale=(0.05, 0.14), global_scale=(0.14, 1.0))
+        views = common.multicrop(views, args.num_local_crops, args.local_crop_size or size // 2, (0.05, 0.14), (0.14, 1))
     aug = run.augment(views)
-    backbone, feat_dim = common.build_backbone(args.backbone, size)
+    backbone, feat_dim = common.build_backbone(args.backbone, size, args.patch_size)
     projector = common.mlp(feat_dim, args.proj_hidden_dim, args.proj_output_dim)
     model = nn.ModuleDict(dict(backbone=backbone, projector=projector))
     # buffers, so they are checkpointed: the memory, and per head the centroids and the cluster of every image
@@ -151,33 +163,40 @@ def main(args: Args):
     model = run.prepare(model)
     prototypes = [getattr(model, f"prototypes{h}") for h in range(len(args.num_prototypes))]
     optimizer = common.make_optimizer(args.optimizer, common.param_groups(model, args.weight_decay),
-                                      common.scaled_lr(args.lr, args.batch_size))
-    run.track(model, optimizer, {"main": (backbone, projector)}, feat_dim)
+                                      args.lr * args.batch_size / 256)
+    probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
+    run.track(model, optimizer, {"main": (backbone, projector)}, probe)
 
     for epoch in run.epochs():
-        if epoch > 0:  # k-means of the memory filled during the previous epochs; the centroids become the prototypes
+        if epoch > 0 and not run.resumed_mid_epoch:  # k-means of the memory of the previous epochs -> prototypes
             g = torch.Generator().manual_seed(args.seed * 100_003 + epoch)
             for h, c in enumerate(prototypes):
                 memory = model.memory[h % 2]  # (N_images, D)
                 init = memory[torch.randperm(len(memory), generator=g)[:len(c)].to(memory.device)]
                 centroids, model.assignments[h] = kmeans(memory, init, args.kmeans_iterations)
                 c.copy_(centroids)
-            clusters_used = sum((torch.bincount(a) > 0).sum() for a in model.assignments) / len(prototypes)
+        clusters_used = sum((torch.bincount(a[a >= 0]) > 0).sum() for a in model.assignments) / len(prototypes)
         for x, y in run.batches(epoch):
             lr = run.update_lr()
             views = aug(x, run.gen)
             with run.autocast(), torch.set_grad_enabled(epoch > 0):  # epoch 0 only fills the memory
-                r = [backbone(run.cl(v)) for v in views]  # R: V x (N, feat_dim)
-                z = [projector(r_v) for r_v in r]  # V x (N, proj_output_dim)
-            z = F.normalize(torch.stack(z).float(), dim=-1)  # (V, N, D)
+                r = [backbone(v) for v in views]  # R: V x (n, feat_dim)
+                z = [projector(r_v) for r_v in r]  # V x (n, proj_output_dim)
+            z = F.normalize(torch.stack(z).float(), dim=-1)  # (V, n, D)
             logs = {}
             if epoch > 0:
-                p = [z @ c.T for c in prototypes]  # H x (V, N, K_h) scores against the fixed centroids
+                p = [z @ c.T for c in prototypes]  # H x (V, n, K_h) scores against the fixed centroids
                 loss = deepcluster_loss(p, model.assignments[:, run.batch_index], args.temperature)
-                run.step(loss, optimizer)
-                logs = dict(losses__deepcluster=loss, losses__total=loss, charts__clusters_used=clusters_used)
-            model.memory[:, run.batch_index] = z[:2].detach()  # the global views' embeddings for the next clustering
-            run.log(r[0], y, charts__learning_rate=lr, **logs)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                common.average_gradients(model)  # several processes: the global batch's gradient on every one
+                optimizer.step()
+                logs = {"losses/deepcluster": loss, "losses/total": loss, "charts/clusters_used": clusters_used}
+            z_all, index = common.gather(z[:2].detach().transpose(0, 1)), common.gather(run.batch_index)  # (N, 2, D)
+            model.memory[:, index] = z_all.transpose(0, 1)  # the global views' embeddings, for the next clustering
+            probe_loss, probe_acc = probe.update(r[0], y)
+            run.log({"losses/online_linear": probe_loss, "charts/online_linear_train_top1": probe_acc,
+                     "charts/learning_rate": lr, **logs})
     run.finish()
 
 

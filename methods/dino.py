@@ -32,7 +32,10 @@ Implementation details (defaults = solo-learn's tuned CIFAR recipe, scripts/pret
    P_t = softmax((t - c) / T_t), P_s = softmax(s / T_s) (paper).
 7. LARS (eta 0.02, clipped, biases/norms excluded), lr 0.3 x batch/256, wd 1e-6, 10 warmup epochs, cosine (solo-learn;
    the paper's ViTs use AdamW and a weight-decay schedule). No gradient clipping (solo-learn; paper 3.0; not exposed).
-8. Evaluation: main = student backbone (as solo-learn; backbone.pt holds it), g = teacher backbone (the paper evaluates
+8. Several processes: the loss is per image (teacher and student views of the same image), so it needs no gather;
+   the center is the mean of the teacher logits over the global batch (gathered; the paper all-reduces it), so it
+   stays identical on every process. --sync-bn on by default (solo-learn; the ResNet backbone has BatchNorm).
+9. Evaluation: main = student backbone (as solo-learn; backbone.pt holds it), g = teacher backbone (the paper evaluates
    the teacher). R = backbone output, Z = head's 256-d bottleneck (before the l2-normalization).
 """
 import copy
@@ -44,7 +47,6 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
@@ -57,11 +59,13 @@ class Args:
     data_dir: str = "data"
     """where the dataset lives or is downloaded to (medmnist: the .npz file)"""
     backbone: common.BackboneName = "resnet18"
-    """backbone (CIFAR stem for images <= 64 px); `tiny` is a narrow ResNet for CPU runs"""
+    """backbone (ResNets get the CIFAR stem for images <= 64 px); `tiny` is a narrow ResNet for CPU runs"""
+    patch_size: int = 0
+    """ViT patch size (0: 4 up to 32 px, 8 up to 64 px, 16 above)"""
     epochs: int = 1000
     """training epochs"""
     batch_size: int = 256
-    """images per step (two views each)"""
+    """images per optimizer step, all processes together"""
     optimizer: common.OptimizerName = "lars"
     """optimizer of the SSL parameters"""
     lr: float = 0.3
@@ -73,25 +77,33 @@ class Args:
     seed: int = 0
     """seed of weights, data order and augmentations"""
     device: str = "auto"
-    """auto (cuda if available), cpu, cuda, cuda:1..."""
+    """auto (cuda if available), cpu, cuda, cuda:1...; under torchrun each process takes its local GPU"""
     precision: common.Precision = "auto"
     """autocast dtype; auto = bf16 on CUDA, fp32 on CPU"""
     deterministic: bool = False
     """deterministic kernels (slower on GPU)"""
     compile: bool = False
     """torch.compile the backbone"""
+    sync_bn: bool = True
+    """under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm; GPUs only)"""
     eval_every: int = 50
     """kNN and online-probe test accuracy every N epochs (0: only at the end)"""
     mi_every: int = 500
     """MI estimates and dimensionality metrics on a fixed held-out batch every N steps (0: never)"""
+    finetune_epochs: int = 0
+    """at the end, also fine-tune a copy of the backbone end to end for N epochs and report test top-1"""
     save_every: int = 50
-    """checkpoint every N epochs, and at the end (0: only backbone.pt at the end)"""
+    """checkpoint every N epochs and at the end (0: not by epoch)"""
+    save_every_minutes: float = 10.0
+    """also checkpoint every N minutes (0: not by time); SIGINT / SIGTERM always save before stopping"""
     max_steps: int = 0
     """stop after N optimizer steps (0: run all epochs); the schedules still span all epochs"""
     resume: Optional[str] = None
-    """continue from this checkpoint (its run directory is reused)"""
+    """continue exactly from this checkpoint (a run's last.pt), in its run directory"""
+    run_dir: Optional[str] = None
+    """the run directory, which must not exist yet (default: runs/{dataset}__{exp_name}__{seed}__{time}-{pid})"""
     exp_name: str = ""
-    """run name in runs/{dataset}__{exp_name}__{seed}__{time} (default: the method)"""
+    """run name in the default run directory (default: the method)"""
     # method-specific
     proj_hidden_dim: int = 2048
     """head hidden width"""
@@ -166,23 +178,25 @@ def ema_update(online: nn.Module, target: nn.Module, tau: float):
 
 
 def main(args: Args):
+    if args.backbone.startswith("vit"):
+        raise common.UserError("DINO with a ViT has its own recipe: python methods/dino_vit.py --backbone vit_tiny.")
     run = common.Run(args, "dino")
     size = run.data.image_size
-    views = common.asymmetric_views(size)
+    views = [common.ViewSpec(size), common.ViewSpec(size, solarize_p=0.2)]  # asymmetric views
     if args.num_local_crops:  # paper's multi-crop scales: local 0.05-0.4, global 0.4-1
-        views = common.multicrop_views(views, args.num_local_crops, args.local_crop_size or size // 2,
-                                       local_scale=(0.05, 0.4), global_scale=(0.4, 1.0))
+        views = common.multicrop(views, args.num_local_crops, args.local_crop_size or size // 2, (0.05, 0.4), (0.4, 1))
     aug = run.augment(views)
-    backbone, feat_dim = common.build_backbone(args.backbone, size)
+    backbone, feat_dim = common.build_backbone(args.backbone, size, args.patch_size)
     head = DINOHead(feat_dim, args.proj_hidden_dim, args.proj_output_dim, args.num_prototypes)
     student = nn.Sequential(backbone, head)
     teacher = copy.deepcopy(student).requires_grad_(False)  # why: the teacher only follows the student by EMA
     model = nn.ModuleDict(dict(student=student, teacher=teacher))
     model.register_buffer("center", torch.zeros(args.num_prototypes))  # a buffer: checkpointed
     model = run.prepare(model)
-    optimizer = common.make_optimizer(args.optimizer, common.param_groups(student, args.weight_decay),
-                                      common.scaled_lr(args.lr, args.batch_size))
-    run.track(model, optimizer, {"main": (backbone, head.mlp), "g": (teacher[0], teacher[1].mlp)}, feat_dim)
+    optimizer = common.make_optimizer(args.optimizer, common.param_groups(model, args.weight_decay),
+                                      args.lr * args.batch_size / 256)
+    probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
+    run.track(model, optimizer, {"main": (backbone, head.mlp), "g": (teacher[0], teacher[1].mlp)}, probe)
 
     for epoch in run.epochs():
         head.last_layer.requires_grad_(epoch >= args.freeze_last_layer_epochs)  # frozen: no gradient, not updated
@@ -193,16 +207,21 @@ def main(args: Args):
             tau = common.cosine_schedule(run.step_count - 1, run.total_steps, args.tau_base, args.tau_final)
             views = aug(x, run.gen)
             with run.autocast():
-                r = [backbone(run.cl(v)) for v in views]  # R: V x (N, feat_dim)
-                s = torch.stack([head(r_v) for r_v in r])  # student logits (V, N, K)
+                r = [backbone(v) for v in views]  # R: V x (n, feat_dim)
+                s = torch.stack([head(r_v) for r_v in r])  # student logits (V, n, K)
                 with torch.no_grad():
-                    t = torch.stack([teacher(run.cl(v)) for v in views[:2]])  # teacher logits, global views (2, N, K)
+                    t = torch.stack([teacher(v) for v in views[:2]])  # teacher logits, global views (2, n, K)
             loss = dino_loss(s.float(), t.float(), model.center, args.student_temp, teacher_temp)
-            run.step(loss, optimizer)
-            update_center(model.center, t.float(), args.center_momentum)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            common.average_gradients(model)  # several processes: the global batch's gradient on every one
+            optimizer.step()
+            update_center(model.center, common.gather(t.float().transpose(0, 1)).transpose(0, 1), args.center_momentum)
             ema_update(student, teacher, tau)  # why after the step: the teacher follows the updated student
-            run.log(r[0], y, losses__dino=loss, losses__total=loss, charts__learning_rate=lr, charts__momentum=tau,
-                    charts__teacher_temp=teacher_temp)
+            probe_loss, probe_acc = probe.update(r[0], y)
+            run.log({"losses/dino": loss, "losses/total": loss, "losses/online_linear": probe_loss,
+                     "charts/online_linear_train_top1": probe_acc, "charts/learning_rate": lr, "charts/momentum": tau,
+                     "charts/teacher_temp": teacher_temp})
     run.finish()
 
 

@@ -10,7 +10,8 @@ Collapse is prevented by the marginal term: if all embeddings were equal, the of
 diagonal ones and the objective would be 0, while spread-out embeddings reach up to 1/tau. `--marginal taylor`
 replaces the log-mean-exp by its second-order expansion, mean + 1/2 variance of the off-diagonal scores, the
 statistical regularizer that the paper links to Barlow Twins.
-MI reading (Sabby et al. 2025): JMI paradigm; the log-mean-exp over in-batch negatives (default) or its mean + variance Taylor surrogate (--marginal taylor) stands in for the marginal term.
+MI reading (Sabby et al. 2025): JMI paradigm; the log-mean-exp over in-batch negatives (default) or its mean + variance
+Taylor surrogate (--marginal taylor) stands in for the marginal term.
 
     python methods/jmi.py --dataset cifar10
     python methods/jmi.py --dataset synthetic --backbone tiny --epochs 5      # CPU, no files needed
@@ -26,16 +27,14 @@ Implementation details (optimizer = solo-learn's tuned SimCLR recipe for CIFAR, 
 5. "Both directions": S_ij = T(z1_i, z2_j) and S^T (view 2 -> view 1) have the same diagonal and the same set of
    off-diagonal values, so the pooled log-mean-exp (and the mean and variance) is the same in both directions and
    one matrix gives the symmetric objective exactly (tests check this against the average of the two).
-6. `--marginal dv` (default): exact log-mean-exp over the N(N-1) off-diagonal pairs. `--marginal taylor`:
-   log E[exp T] ~ E[T] + Var[T] / 2 (second-order cumulant expansion), with the plug-in (1/M) variance over the
-   M = N(N-1) off-diagonal scores. Default dv, chosen by a short CPU comparison on real CIFAR-10 (tiny backbone,
-   150 steps, batch 128, no warmup, seed 0; weak evidence): dv kNN 35.86, linear 41.00, erank R 26.2, erank Z 9.5;
-   taylor kNN 34.49, linear 39.56, erank R 24.5, erank Z 10.1; the same network at random init kNN 32.37, linear
-   36.17. dv led by 1.4 points on both, a gap one seed of 150 steps cannot settle; dv is also the exact bound of
-   the paper (taylor drops the third and higher cumulants), so it stays the default. On the issue's synthetic
-   probe (64-d MLP, T 0.2) both learned without collapse: dv kNN 83.8, erank Z 31.6 of 32; taylor 85.7, 31.2.
-7. Evaluation: see README (online probe, kNN, offline linear probe); R = backbone output, Z = projector output.
-8. Logged: losses/joint = -mean_i S_ii (minus the joint term), losses/marginal = +marginal term (log-mean-exp or
+6. `--marginal dv` (default, the paper's exact bound): log-mean-exp over the N(N-1) off-diagonal pairs.
+   `--marginal taylor`: log E[exp T] ~ E[T] + Var[T] / 2 (second-order cumulant expansion, which drops the third
+   and higher cumulants), with the plug-in (1/M) variance over the M = N(N-1) off-diagonal scores. Our short CPU
+   comparison of the two is in the README's results section.
+7. Several processes: z1, z2 are gathered with gradients, so the marginal term is over the global batch's N(N-1)
+   pairs; --sync-bn on by default (as solo-learn's recipes; BN in the projector).
+8. Evaluation: see README (online probe, kNN, offline linear probe); R = backbone output, Z = projector output.
+9. Logged: losses/joint = -mean_i S_ii (minus the joint term), losses/marginal = +marginal term (log-mean-exp or
    its Taylor surrogate), losses/total = their sum = -objective.
 """
 import math
@@ -47,7 +46,6 @@ from typing import Literal, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
@@ -60,11 +58,13 @@ class Args:
     data_dir: str = "data"
     """where the dataset lives or is downloaded to (medmnist: the .npz file)"""
     backbone: common.BackboneName = "resnet18"
-    """backbone (CIFAR stem for images <= 64 px); `tiny` is a narrow ResNet for CPU runs"""
+    """backbone (ResNets get the CIFAR stem for images <= 64 px); `tiny` is a narrow ResNet for CPU runs"""
+    patch_size: int = 0
+    """ViT patch size (0: 4 up to 32 px, 8 up to 64 px, 16 above)"""
     epochs: int = 1000
     """training epochs"""
     batch_size: int = 256
-    """images per step (two views each)"""
+    """images per optimizer step, all processes together"""
     optimizer: common.OptimizerName = "lars"
     """optimizer of the SSL parameters"""
     lr: float = 0.4
@@ -76,25 +76,33 @@ class Args:
     seed: int = 0
     """seed of weights, data order and augmentations"""
     device: str = "auto"
-    """auto (cuda if available), cpu, cuda, cuda:1..."""
+    """auto (cuda if available), cpu, cuda, cuda:1...; under torchrun each process takes its local GPU"""
     precision: common.Precision = "auto"
     """autocast dtype; auto = bf16 on CUDA, fp32 on CPU"""
     deterministic: bool = False
     """deterministic kernels (slower on GPU)"""
     compile: bool = False
     """torch.compile the backbone"""
+    sync_bn: bool = True
+    """under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm; GPUs only)"""
     eval_every: int = 50
     """kNN and online-probe test accuracy every N epochs (0: only at the end)"""
     mi_every: int = 500
     """MI estimates and dimensionality metrics on a fixed held-out batch every N steps (0: never)"""
+    finetune_epochs: int = 0
+    """at the end, also fine-tune a copy of the backbone end to end for N epochs and report test top-1"""
     save_every: int = 50
-    """checkpoint every N epochs, and at the end (0: only backbone.pt at the end)"""
+    """checkpoint every N epochs and at the end (0: not by epoch)"""
+    save_every_minutes: float = 10.0
+    """also checkpoint every N minutes (0: not by time); SIGINT / SIGTERM always save before stopping"""
     max_steps: int = 0
     """stop after N optimizer steps (0: run all epochs); the schedules still span all epochs"""
     resume: Optional[str] = None
-    """continue from this checkpoint (its run directory is reused)"""
+    """continue exactly from this checkpoint (a run's last.pt), in its run directory"""
+    run_dir: Optional[str] = None
+    """the run directory, which must not exist yet (default: runs/{dataset}__{exp_name}__{seed}__{time}-{pid})"""
     exp_name: str = ""
-    """run name in runs/{dataset}__{exp_name}__{seed}__{time} (default: the method)"""
+    """run name in the default run directory (default: the method)"""
     # method-specific
     temperature: float = 0.1
     """critic temperature tau: T(a, b) = cos(a, b) / tau"""
@@ -124,29 +132,36 @@ def jmi_objective(z1: torch.Tensor, z2: torch.Tensor, temperature: float, margin
 
 def main(args: Args):
     run = common.Run(args, "jmi")
-    aug = run.augment(common.symmetric_views(run.data.image_size))
-    backbone, feat_dim = common.build_backbone(args.backbone, run.data.image_size)
+    size = run.data.image_size
+    aug = run.augment([common.ViewSpec(size, jitter=(0.8, 0.8, 0.8, 0.2), blur_p=0.5)] * 2)  # symmetric views
+    backbone, feat_dim = common.build_backbone(args.backbone, size, args.patch_size)
     projector = common.mlp(feat_dim, args.proj_hidden_dim, args.proj_output_dim, layers=args.proj_layers)
     model = run.prepare(nn.ModuleDict(dict(backbone=backbone, projector=projector)))
     optimizer = common.make_optimizer(args.optimizer, common.param_groups(model, args.weight_decay),
-                                      common.scaled_lr(args.lr, args.batch_size))
-    run.track(model, optimizer, {"main": (backbone, projector)}, feat_dim)
+                                      args.lr * args.batch_size / 256)
+    probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
+    run.track(model, optimizer, {"main": (backbone, projector)}, probe)
 
     for epoch in run.epochs():
         for x, y in run.batches(epoch):
             lr = run.update_lr()
             x1, x2 = aug(x, run.gen)
             with run.autocast():
-                r1, r2 = backbone(run.cl(x1)), backbone(run.cl(x2))  # R: (N, feat_dim)
-                z1, z2 = projector(r1), projector(r2)  # Z: (N, proj_output_dim)
-            z1, z2 = z1.float(), z2.float()
+                r1, r2 = backbone(x1), backbone(x2)  # R: (n, feat_dim)
+                z1, z2 = projector(r1), projector(r2)  # Z: (n, proj_output_dim)
+            z1, z2 = common.gather(z1.float()), common.gather(z2.float())  # (N, proj_output_dim): the global batch
             objective = jmi_objective(z1, z2, args.temperature, args.marginal)
             loss = -objective
-            run.step(loss, optimizer)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            common.average_gradients(model)  # several processes: the global batch's gradient on every one
+            optimizer.step()
             with torch.no_grad():
                 joint = F.cosine_similarity(z1, z2).mean() / args.temperature
-            run.log(r1, y, losses__joint=-joint, losses__marginal=joint - objective, losses__total=loss,
-                    charts__learning_rate=lr)
+            probe_loss, probe_acc = probe.update(r1, y)
+            run.log({"losses/joint": -joint, "losses/marginal": joint - objective, "losses/total": loss,
+                     "losses/online_linear": probe_loss, "charts/online_linear_train_top1": probe_acc,
+                     "charts/learning_rate": lr})
     run.finish()
 
 

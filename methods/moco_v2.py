@@ -23,8 +23,12 @@ Implementation details (defaults = solo-learn's tuned MoCo v2+ CIFAR recipe, scr
    The paper's loss is one-directional (one query view per image); symmetrizing is the v2+ change.
 6. EMA tau_t = 0.999 - (0.999 - 0.99) * (cos(pi t / T) + 1) / 2 per step (paper: constant m = 0.999), after the
    optimizer step, over parameters only; the key encoder runs in train mode on batch statistics. No shuffling BN
-   (paper: BN shuffled across GPUs so batch statistics cannot leak the positive); solo-learn on one GPU neither.
+   (paper: BN shuffled across GPUs so batch statistics cannot leak the positive; solo-learn has none either): with
+   --sync-bn the statistics are those of the whole global batch, which dilutes that leak but does not remove it.
 7. Queues and their pointer are buffers of the model passed to run.track, so --resume continues exactly.
+   Several processes: the loss is per query (its key and the shared queue), so it needs no gather; the keys of the
+   global batch are gathered and enqueued on every process, so the queues stay identical (as the official code's
+   concat_all_gather). --sync-bn on by default (solo-learn). Shuffling BN is not done (see 6.).
 8. Evaluation uses the query backbone; R = query backbone output, Z = query projector output.
 """
 import copy
@@ -36,7 +40,6 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
@@ -49,11 +52,13 @@ class Args:
     data_dir: str = "data"
     """where the dataset lives or is downloaded to (medmnist: the .npz file)"""
     backbone: common.BackboneName = "resnet18"
-    """backbone (CIFAR stem for images <= 64 px); `tiny` is a narrow ResNet for CPU runs"""
+    """backbone (ResNets get the CIFAR stem for images <= 64 px); `tiny` is a narrow ResNet for CPU runs"""
+    patch_size: int = 0
+    """ViT patch size (0: 4 up to 32 px, 8 up to 64 px, 16 above)"""
     epochs: int = 1000
     """training epochs"""
     batch_size: int = 256
-    """images per step (two views each)"""
+    """images per optimizer step, all processes together"""
     optimizer: common.OptimizerName = "sgd"
     """optimizer of the SSL parameters"""
     lr: float = 0.3
@@ -65,25 +70,33 @@ class Args:
     seed: int = 0
     """seed of weights, data order and augmentations"""
     device: str = "auto"
-    """auto (cuda if available), cpu, cuda, cuda:1..."""
+    """auto (cuda if available), cpu, cuda, cuda:1...; under torchrun each process takes its local GPU"""
     precision: common.Precision = "auto"
     """autocast dtype; auto = bf16 on CUDA, fp32 on CPU"""
     deterministic: bool = False
     """deterministic kernels (slower on GPU)"""
     compile: bool = False
     """torch.compile the backbone"""
+    sync_bn: bool = True
+    """under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm; GPUs only)"""
     eval_every: int = 50
     """kNN and online-probe test accuracy every N epochs (0: only at the end)"""
     mi_every: int = 500
     """MI estimates and dimensionality metrics on a fixed held-out batch every N steps (0: never)"""
+    finetune_epochs: int = 0
+    """at the end, also fine-tune a copy of the backbone end to end for N epochs and report test top-1"""
     save_every: int = 50
-    """checkpoint every N epochs, and at the end (0: only backbone.pt at the end)"""
+    """checkpoint every N epochs and at the end (0: not by epoch)"""
+    save_every_minutes: float = 10.0
+    """also checkpoint every N minutes (0: not by time); SIGINT / SIGTERM always save before stopping"""
     max_steps: int = 0
     """stop after N optimizer steps (0: run all epochs); the schedules still span all epochs"""
     resume: Optional[str] = None
-    """continue from this checkpoint (its run directory is reused)"""
+    """continue exactly from this checkpoint (a run's last.pt), in its run directory"""
+    run_dir: Optional[str] = None
+    """the run directory, which must not exist yet (default: runs/{dataset}__{exp_name}__{seed}__{time}-{pid})"""
     exp_name: str = ""
-    """run name in runs/{dataset}__{exp_name}__{seed}__{time} (default: the method)"""
+    """run name in the default run directory (default: the method)"""
     # method-specific
     temperature: float = 0.2
     """InfoNCE temperature"""
@@ -136,17 +149,19 @@ def main(args: Args):
     if args.queue_size < args.batch_size:
         raise common.UserError(f"--queue-size {args.queue_size} must be at least --batch-size {args.batch_size}.")
     run = common.Run(args, "moco_v2")
-    aug = run.augment(common.symmetric_weak_views(run.data.image_size))
-    backbone, feat_dim = common.build_backbone(args.backbone, run.data.image_size)
+    size = run.data.image_size
+    aug = run.augment([common.ViewSpec(size, jitter=(0.4, 0.4, 0.4, 0.1), blur_p=0.5)] * 2)  # symmetric weak views
+    backbone, feat_dim = common.build_backbone(args.backbone, size, args.patch_size)
     projector = nn.Sequential(nn.Linear(feat_dim, args.proj_hidden_dim), nn.ReLU(inplace=True),
                               nn.Linear(args.proj_hidden_dim, args.proj_output_dim))
     online = nn.Sequential(backbone, projector)
     momentum = copy.deepcopy(online).requires_grad_(False)  # why: the key encoder only follows the query encoder by EMA
     queue = KeyQueue(2, args.queue_size, args.proj_output_dim)
     model = run.prepare(nn.ModuleDict(dict(online=online, momentum=momentum, queue=queue)))
-    optimizer = common.make_optimizer(args.optimizer, common.param_groups(online, args.weight_decay),
-                                      common.scaled_lr(args.lr, args.batch_size))
-    run.track(model, optimizer, {"main": (backbone, projector)}, feat_dim)
+    optimizer = common.make_optimizer(args.optimizer, common.param_groups(model, args.weight_decay),
+                                      args.lr * args.batch_size / 256)
+    probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
+    run.track(model, optimizer, {"main": (backbone, projector)}, probe)
 
     for epoch in run.epochs():
         for x, y in run.batches(epoch):
@@ -154,17 +169,22 @@ def main(args: Args):
             tau = common.cosine_schedule(run.step_count - 1, run.total_steps, args.tau_base, args.tau_final)
             x1, x2 = aug(x, run.gen)
             with run.autocast():
-                r1, r2 = backbone(run.cl(x1)), backbone(run.cl(x2))  # R: (N, feat_dim)
-                q1, q2 = projector(r1), projector(r2)  # queries (N, proj_output_dim)
+                r1, r2 = backbone(x1), backbone(x2)  # R: (n, feat_dim)
+                q1, q2 = projector(r1), projector(r2)  # queries (n, proj_output_dim)
                 with torch.no_grad():
-                    k1, k2 = momentum(run.cl(x1)), momentum(run.cl(x2))  # keys (N, proj_output_dim)
+                    k1, k2 = momentum(x1), momentum(x2)  # keys (n, proj_output_dim)
             k1, k2 = F.normalize(k1.float(), dim=1), F.normalize(k2.float(), dim=1)
             loss = (moco_loss(q1.float(), k2, queue.keys[1], args.temperature)
                     + moco_loss(q2.float(), k1, queue.keys[0], args.temperature)) / 2
-            run.step(loss, optimizer)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            common.average_gradients(model)  # several processes: the global batch's gradient on every one
+            optimizer.step()
             ema_update(online, momentum, tau)  # why after the step: the keys follow the updated query encoder
-            queue.push(torch.stack([k1, k2]))  # why after the loss: this batch's keys are positives, not negatives
-            run.log(r1, y, losses__info_nce=loss, losses__total=loss, charts__learning_rate=lr, charts__momentum=tau)
+            queue.push(torch.stack([common.gather(k1), common.gather(k2)]))  # after the loss: they were positives
+            probe_loss, probe_acc = probe.update(r1, y)
+            run.log({"losses/info_nce": loss, "losses/total": loss, "losses/online_linear": probe_loss,
+                     "charts/online_linear_train_top1": probe_acc, "charts/learning_rate": lr, "charts/momentum": tau})
     run.finish()
 
 

@@ -25,6 +25,9 @@ Implementation details (defaults = solo-learn's tuned CIFAR recipe, scripts/pret
 7. charts/nn_label_acc: how often the neighbour of view 1 has the image's label (a diagnostic only; labels are
    stored next to the support set and never reach the loss).
 8. The support set, its labels and pointer are buffers of the model passed to run.track, so --resume is exact.
+   Several processes: projections and predictions are gathered (with gradient), so the InfoNCE is over the global
+   batch, and the global batch's projections are enqueued on every process (identical support sets); --sync-bn on
+   by default (solo-learn).
 9. Evaluation: R = backbone output, Z = projector output.
 """
 import sys
@@ -35,7 +38,6 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
@@ -48,11 +50,13 @@ class Args:
     data_dir: str = "data"
     """where the dataset lives or is downloaded to (medmnist: the .npz file)"""
     backbone: common.BackboneName = "resnet18"
-    """backbone (CIFAR stem for images <= 64 px); `tiny` is a narrow ResNet for CPU runs"""
+    """backbone (ResNets get the CIFAR stem for images <= 64 px); `tiny` is a narrow ResNet for CPU runs"""
+    patch_size: int = 0
+    """ViT patch size (0: 4 up to 32 px, 8 up to 64 px, 16 above)"""
     epochs: int = 1000
     """training epochs"""
     batch_size: int = 256
-    """images per step (two views each)"""
+    """images per optimizer step, all processes together"""
     optimizer: common.OptimizerName = "lars"
     """optimizer of the SSL parameters"""
     lr: float = 0.4
@@ -64,25 +68,33 @@ class Args:
     seed: int = 0
     """seed of weights, data order and augmentations"""
     device: str = "auto"
-    """auto (cuda if available), cpu, cuda, cuda:1..."""
+    """auto (cuda if available), cpu, cuda, cuda:1...; under torchrun each process takes its local GPU"""
     precision: common.Precision = "auto"
     """autocast dtype; auto = bf16 on CUDA, fp32 on CPU"""
     deterministic: bool = False
     """deterministic kernels (slower on GPU)"""
     compile: bool = False
     """torch.compile the backbone"""
+    sync_bn: bool = True
+    """under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm; GPUs only)"""
     eval_every: int = 50
     """kNN and online-probe test accuracy every N epochs (0: only at the end)"""
     mi_every: int = 500
     """MI estimates and dimensionality metrics on a fixed held-out batch every N steps (0: never)"""
+    finetune_epochs: int = 0
+    """at the end, also fine-tune a copy of the backbone end to end for N epochs and report test top-1"""
     save_every: int = 50
-    """checkpoint every N epochs, and at the end (0: only backbone.pt at the end)"""
+    """checkpoint every N epochs and at the end (0: not by epoch)"""
+    save_every_minutes: float = 10.0
+    """also checkpoint every N minutes (0: not by time); SIGINT / SIGTERM always save before stopping"""
     max_steps: int = 0
     """stop after N optimizer steps (0: run all epochs); the schedules still span all epochs"""
     resume: Optional[str] = None
-    """continue from this checkpoint (its run directory is reused)"""
+    """continue exactly from this checkpoint (a run's last.pt), in its run directory"""
+    run_dir: Optional[str] = None
+    """the run directory, which must not exist yet (default: runs/{dataset}__{exp_name}__{seed}__{time}-{pid})"""
     exp_name: str = ""
-    """run name in runs/{dataset}__{exp_name}__{seed}__{time} (default: the method)"""
+    """run name in the default run directory (default: the method)"""
     # method-specific
     temperature: float = 0.2
     """InfoNCE temperature"""
@@ -132,35 +144,43 @@ def main(args: Args):
     if args.queue_size < args.batch_size:
         raise common.UserError(f"--queue-size {args.queue_size} must be at least --batch-size {args.batch_size}.")
     run = common.Run(args, "nnclr")
-    aug = run.augment(common.asymmetric_views(run.data.image_size))
-    backbone, feat_dim = common.build_backbone(args.backbone, run.data.image_size)
+    size = run.data.image_size
+    aug = run.augment([common.ViewSpec(size), common.ViewSpec(size, solarize_p=0.2)])  # asymmetric views
+    backbone, feat_dim = common.build_backbone(args.backbone, size, args.patch_size)
     projector = common.mlp(feat_dim, args.proj_hidden_dim, args.proj_output_dim, layers=3, last_bn=True)
     predictor = common.mlp(args.proj_output_dim, args.pred_hidden_dim, args.proj_output_dim)
     support = SupportSet(args.queue_size, args.proj_output_dim)
     model = run.prepare(nn.ModuleDict(dict(backbone=backbone, projector=projector, predictor=predictor,
                                            support=support)))
     optimizer = common.make_optimizer(args.optimizer, common.param_groups(model, args.weight_decay),
-                                      common.scaled_lr(args.lr, args.batch_size))
-    run.track(model, optimizer, {"main": (backbone, projector)}, feat_dim)
+                                      args.lr * args.batch_size / 256)
+    probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
+    run.track(model, optimizer, {"main": (backbone, projector)}, probe)
 
     for epoch in run.epochs():
         for x, y in run.batches(epoch):
             lr = run.update_lr()
             x1, x2 = aug(x, run.gen)
             with run.autocast():
-                r1, r2 = backbone(run.cl(x1)), backbone(run.cl(x2))  # R: (N, feat_dim)
-                z1, z2 = projector(r1), projector(r2)  # Z: (N, proj_output_dim)
-                p1, p2 = predictor(z1), predictor(z2)  # (N, proj_output_dim)
-            z1, z2 = F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1)
+                r1, r2 = backbone(x1), backbone(x2)  # R: (n, feat_dim)
+                z1, z2 = projector(r1), projector(r2)  # Z: (n, proj_output_dim)
+                p1, p2 = predictor(z1), predictor(z2)  # (n, proj_output_dim)
+            z1, z2 = (common.gather(F.normalize(z.float(), dim=1)) for z in (z1, z2))  # (N, D): the global batch
+            p1, p2, y_all = common.gather(p1.float()), common.gather(p2.float()), common.gather(y)
             idx1, nn1 = nearest_neighbour(z1, support.z)  # why no gradient: the neighbour is a stored projection
             _, nn2 = nearest_neighbour(z2, support.z)
-            loss = (nnclr_loss(nn1, p2.float(), args.temperature) + nnclr_loss(nn2, p1.float(), args.temperature)) / 2
-            run.step(loss, optimizer)
-            labeled = y >= 0
-            nn_acc = 100 * ((support.y[idx1] == y) & labeled).sum() / labeled.sum().clamp(min=1)
-            support.push(z1.detach(), y)  # why after the loss: the batch must not find itself as neighbour
-            run.log(r1, y, losses__nnclr=loss, losses__total=loss, charts__learning_rate=lr,
-                    charts__nn_label_acc=nn_acc)
+            loss = (nnclr_loss(nn1, p2, args.temperature) + nnclr_loss(nn2, p1, args.temperature)) / 2
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            common.average_gradients(model)  # several processes: the global batch's gradient on every one
+            optimizer.step()
+            labeled = y_all >= 0
+            nn_acc = 100 * ((support.y[idx1] == y_all) & labeled).sum() / labeled.sum().clamp(min=1)
+            support.push(z1.detach(), y_all)  # why after the loss: the batch must not find itself as neighbour
+            probe_loss, probe_acc = probe.update(r1, y)
+            run.log({"losses/nnclr": loss, "losses/total": loss, "losses/online_linear": probe_loss,
+                     "charts/online_linear_train_top1": probe_acc, "charts/learning_rate": lr,
+                     "charts/nn_label_acc": nn_acc})
     run.finish()
 
 

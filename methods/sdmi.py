@@ -10,44 +10,36 @@ the other encoder fixed" of the alternating optimization. Collapse is prevented 
 log-mean-exp of T over the in-batch pairs (i != j) is large when h(f(x_i)) is close to g(x_j) for different
 images, so a constant embedding gets a bound of 0 while spread-out embeddings get up to 1/tau. With
 `--marginal predictor` the marginal term is dropped and only the predictor (with the alternation) stands in for
-it, as in BYOL/SimSiam; that is weaker: partial dimensional collapse on synthetic data, and g collapsed within
-150 steps on CIFAR-10 (see 3.).
-MI reading (Sabby et al. 2025): SDMI paradigm; the log-mean-exp over in-batch negatives (default) or the predictor h alone (--marginal predictor) stands in for the marginal term.
+it, as in BYOL/SimSiam (an ablation).
+MI reading (Sabby et al. 2025): SDMI paradigm; the log-mean-exp over in-batch negatives (default) or the predictor h
+alone (--marginal predictor) stands in for the marginal term.
 
     python methods/sdmi.py --dataset cifar10
     python methods/sdmi.py --dataset synthetic --backbone tiny --epochs 5      # CPU, no files needed
 
-Implementation details (optimizer = solo-learn's tuned BYOL recipe for CIFAR, scripts/pretrain/cifar/byol.yaml):
+Implementation details (defaults = the paper's example command where it gives a value, guesses marked as such):
 1. Two encoders built independently (different random init; `--g-init copy` starts g as a copy of f; the paper
    does not say). Phase of step t (1-based): floor((t - 1) / K) mod 2, 0 = f-step first, K = `--alternate-every`
-   (default 1: the encoders alternate every step). Each encoder has its own optimizer (own momentum), stepped
-   only in its own phase, so weight decay also acts only then. Views swapped symmetrically: the step maximizes
-   the mean of the bound over (view 1 -> view 2) and (view 2 -> view 1).
+   (default 1: the encoders alternate every step; our guess). Each encoder has its own optimizer (own momentum),
+   stepped only in its own phase, so weight decay also acts only then. Views swapped symmetrically: the step
+   maximizes the mean of the bound over (view 1 -> view 2) and (view 2 -> view 1).
 2. The held-fixed side runs under no_grad (the stop-gradient), in train mode on batch statistics like BYOL's
    target; the predictor h belongs to f: it is trained in f-steps and held fixed in g-steps.
 3. `--marginal dv` (default): the full cos-DV bound, marginal term = log of the mean of exp(S_ij) over the
-   N(N-1) off-diagonal pairs of the batch. `--marginal predictor`: joint term only. `--no-predictor`: h = identity
-   (ablation; with `--marginal predictor` too, nothing stands in for the marginal term). Default dv, chosen by a
-   short CPU comparison on real CIFAR-10 (tiny backbone, 150 steps, batch 128, no warmup, seed 0; weak evidence);
-   f / g, erank of Z on the held-out batch at step 150 (256-d):
-       dv                 kNN 31.33 / 29.97  linear 37.89 / 37.69  erank Z 3.7 / 2.1 (1.8 / 1.7 at step 50)
-       predictor          kNN 28.19 / 29.88  linear 30.17 / 30.79  erank Z 2.0 / 1.1 (joint term at 1/tau: collapse)
-       dv --no-predictor  kNN 30.37 / 30.83  linear 37.83 / 39.54  erank Z 4.4 / 3.5
-       random init (f)    kNN 32.37          linear 36.17
-   At 150 steps dv has not yet moved kNN past random init (a BYOL-like slow start) but keeps linear above it,
-   while predictor-only has already collapsed. On the issue's synthetic probe (two 64-d MLP encoders, T 0.2): dv
-   kNN 85.1 / 84.6, erank Z 18 of 32; predictor 74.4 / 75.7, erank 8 / 5; the paper's ablations also find the
-   marginal term necessary. The probe of tests/test_objectives_mi.py agrees (erank Z of 32, f / g): dv 26.6 /
-   24.7, predictor 23.9 / 8.8, dv --no-predictor 28.3 / 28.3, predictor --no-predictor 9.2 / 9.5.
-4. Temperature 0.1 (the paper's example command). Projector 3 layers, (Linear-BN-ReLU) x 2 + Linear to 256, no
-   final BN (paper: "projection 256 with 3 layers"); hidden width 2048, not given by the paper (solo-learn
-   SimSiam's 3-layer projector width; `--proj-hidden-dim`). Predictor Linear(4096)-BN-ReLU-Linear(256) as
-   solo-learn's BYOL (`--pred-hidden-dim`).
-5. LARS (eta 0.02, clipped, biases/norms excluded), lr 1.0 x batch/256, wd 1e-5, 10 warmup epochs, cosine, on
-   both encoders (solo-learn BYOL). The paper's command uses lr 0.05 at batch 64, wd 1e-4 (about `--optimizer sgd
-   --lr 0.2 --weight-decay 1e-4` here, with the batch/256 scaling).
-6. Asymmetric (BYOL) augmentation: jitter (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2, no blur, solarization 0.0 on
-   view 1 and 0.2 on view 2; both encoders see both views.
+   N(N-1) off-diagonal pairs of the batch, as the paper's objective. `--marginal predictor`: joint term only.
+   `--no-predictor`: h = identity (ablation; with `--marginal predictor` too, nothing stands in for the marginal
+   term). Our short CPU comparison of the three is in the README's results section.
+4. From the paper's command: temperature 0.1, batch 64, lr 0.05 at batch 64 (`--lr 0.2` here: the base lr is
+   given at batch 256 and scaled by batch/256), weight decay 1e-4, 10 warmup epochs, 800 epochs, projection 256
+   with 3 layers ((Linear-BN-ReLU) x 2 + Linear, no final BN). Guessed: its `--feature_dim 512` read as the
+   projector's hidden width (the backbone's own width is fixed by the backbone); the optimizer, which the command
+   does not name: SGD with momentum 0.9 (the usual pairing with lr 0.05 at batch 64), cosine decay after the
+   warmup; the predictor Linear(4096)-BN-ReLU-Linear(256) (solo-learn's BYOL predictor; `--pred-hidden-dim`).
+   The paper's backbone is a ResNet-50 (`--backbone resnet50`); ResNet-18 is the default here, as for every method.
+5. Asymmetric (BYOL) augmentation: jitter (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2, no blur, solarization 0.0 on
+   view 1 and 0.2 on view 2; both encoders see both views (the paper gives no CIFAR augmentation: our choice).
+6. Several processes: p and z are gathered with gradients (the held side has none), so the marginal term is over
+   the global batch's N(N-1) pairs; --sync-bn on by default (as solo-learn's recipes; BN in both projectors).
 7. Evaluation of both encoders, as the paper's Table 1: kNN and linear probe on f (tags without suffix) and on g
    (suffix _g); online probe on f's backbone features of view 1; R = backbone output, Z = projector output (not h).
 8. Logged: losses/joint = -mean_i S_ii (minus the joint term), losses/marginal = +log-mean-exp term (0 with
@@ -63,7 +55,6 @@ from typing import Literal, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
@@ -76,41 +67,51 @@ class Args:
     data_dir: str = "data"
     """where the dataset lives or is downloaded to (medmnist: the .npz file)"""
     backbone: common.BackboneName = "resnet18"
-    """backbone (CIFAR stem for images <= 64 px); `tiny` is a narrow ResNet for CPU runs"""
-    epochs: int = 1000
+    """backbone (ResNets get the CIFAR stem for images <= 64 px); `tiny` is a narrow ResNet for CPU runs"""
+    patch_size: int = 0
+    """ViT patch size (0: 4 up to 32 px, 8 up to 64 px, 16 above)"""
+    epochs: int = 800
     """training epochs"""
-    batch_size: int = 256
-    """images per step (two views each)"""
-    optimizer: common.OptimizerName = "lars"
+    batch_size: int = 64
+    """images per optimizer step, all processes together"""
+    optimizer: common.OptimizerName = "sgd"
     """optimizer of the SSL parameters"""
-    lr: float = 1.0
+    lr: float = 0.2
     """base learning rate at batch 256 (scaled by batch_size/256)"""
-    weight_decay: float = 1e-5
+    weight_decay: float = 1e-4
     """weight decay (not applied to biases and norm parameters)"""
     warmup_epochs: int = 10
     """linear warmup epochs before the cosine decay"""
     seed: int = 0
     """seed of weights, data order and augmentations"""
     device: str = "auto"
-    """auto (cuda if available), cpu, cuda, cuda:1..."""
+    """auto (cuda if available), cpu, cuda, cuda:1...; under torchrun each process takes its local GPU"""
     precision: common.Precision = "auto"
     """autocast dtype; auto = bf16 on CUDA, fp32 on CPU"""
     deterministic: bool = False
     """deterministic kernels (slower on GPU)"""
     compile: bool = False
     """torch.compile the backbone"""
+    sync_bn: bool = True
+    """under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm; GPUs only)"""
     eval_every: int = 50
     """kNN and online-probe test accuracy every N epochs (0: only at the end)"""
     mi_every: int = 500
     """MI estimates and dimensionality metrics on a fixed held-out batch every N steps (0: never)"""
+    finetune_epochs: int = 0
+    """at the end, also fine-tune a copy of the backbone end to end for N epochs and report test top-1"""
     save_every: int = 50
-    """checkpoint every N epochs, and at the end (0: only backbone.pt at the end)"""
+    """checkpoint every N epochs and at the end (0: not by epoch)"""
+    save_every_minutes: float = 10.0
+    """also checkpoint every N minutes (0: not by time); SIGINT / SIGTERM always save before stopping"""
     max_steps: int = 0
     """stop after N optimizer steps (0: run all epochs); the schedules still span all epochs"""
     resume: Optional[str] = None
-    """continue from this checkpoint (its run directory is reused)"""
+    """continue exactly from this checkpoint (a run's last.pt), in its run directory"""
+    run_dir: Optional[str] = None
+    """the run directory, which must not exist yet (default: runs/{dataset}__{exp_name}__{seed}__{time}-{pid})"""
     exp_name: str = ""
-    """run name in runs/{dataset}__{exp_name}__{seed}__{time} (default: the method)"""
+    """run name in the default run directory (default: the method)"""
     # method-specific
     temperature: float = 0.1
     """critic temperature tau: T(a, b) = cos(a, b) / tau"""
@@ -122,8 +123,8 @@ class Args:
     """K: optimizer steps per phase (K f-steps, then K g-steps, ...)"""
     g_init: Literal["independent", "copy"] = "independent"
     """g's initial weights: its own random init, or a copy of f's"""
-    proj_hidden_dim: int = 2048
-    """projector hidden width"""
+    proj_hidden_dim: int = 512
+    """projector hidden width (the paper's --feature_dim, our reading)"""
     proj_output_dim: int = 256
     """projector output width (Z)"""
     proj_layers: int = 3
@@ -154,43 +155,51 @@ def main(args: Args):
     if args.alternate_every < 1:
         raise common.UserError("--alternate-every must be >= 1.")
     run = common.Run(args, "sdmi")
-    aug = run.augment(common.asymmetric_views(run.data.image_size))
-    f_backbone, feat_dim = common.build_backbone(args.backbone, run.data.image_size)
+    size = run.data.image_size
+    aug = run.augment([common.ViewSpec(size), common.ViewSpec(size, solarize_p=0.2)])  # asymmetric views
+    f_backbone, feat_dim = common.build_backbone(args.backbone, size, args.patch_size)
     f_projector = common.mlp(feat_dim, args.proj_hidden_dim, args.proj_output_dim, layers=args.proj_layers)
     h = common.mlp(args.proj_output_dim, args.pred_hidden_dim, args.proj_output_dim)  # predictor h (part of f's side)
     h = h if args.predictor else nn.Identity()  # h built either way: g's init does not depend on --no-predictor
     if args.g_init == "copy":
         g_backbone, g_projector = copy.deepcopy(f_backbone), copy.deepcopy(f_projector)
     else:
-        g_backbone, _ = common.build_backbone(args.backbone, run.data.image_size)
+        g_backbone, _ = common.build_backbone(args.backbone, size, args.patch_size)
         g_projector = common.mlp(feat_dim, args.proj_hidden_dim, args.proj_output_dim, layers=args.proj_layers)
     f, g = nn.Sequential(f_backbone, f_projector), nn.Sequential(g_backbone, g_projector)
     model = run.prepare(nn.ModuleDict(dict(f=f, predictor=h, g=g)))
-    lr = common.scaled_lr(args.lr, args.batch_size)
+    lr = args.lr * args.batch_size / 256
     opt_f = common.make_optimizer(args.optimizer, common.param_groups(nn.ModuleList([f, h]), args.weight_decay), lr)
     opt_g = common.make_optimizer(args.optimizer, common.param_groups(g, args.weight_decay), lr)
-    run.track(model, [opt_f, opt_g], {"main": (f_backbone, f_projector), "g": (g_backbone, g_projector)}, feat_dim)
+    probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
+    run.track(model, [opt_f, opt_g], {"main": (f_backbone, f_projector), "g": (g_backbone, g_projector)}, probe)
 
     for epoch in run.epochs():
         for x, y in run.batches(epoch):
             lr = run.update_lr()
             phase = sdmi_phase(run.step_count, args.alternate_every)
-            x1, x2 = (run.cl(v) for v in aug(x, run.gen))
+            optimizer = opt_f if phase == 0 else opt_g
+            x1, x2 = aug(x, run.gen)
             with run.autocast():
                 with torch.set_grad_enabled(phase == 0):  # why: in a g-step f and h are held fixed (stop-gradient)
-                    r1, r2 = f_backbone(x1), f_backbone(x2)  # R: (N, feat_dim)
-                    p1, p2 = h(f_projector(r1)), h(f_projector(r2))  # h(f(x)): (N, proj_output_dim)
+                    r1, r2 = f_backbone(x1), f_backbone(x2)  # R: (n, feat_dim)
+                    p1, p2 = h(f_projector(r1)), h(f_projector(r2))  # h(f(x)): (n, proj_output_dim)
                 with torch.set_grad_enabled(phase == 1):  # why: in an f-step g is held fixed (stop-gradient)
-                    z1, z2 = g(x1), g(x2)  # g(x): (N, proj_output_dim)
-            p1, p2, z1, z2 = p1.float(), p2.float(), z1.float(), z2.float()
+                    z1, z2 = g(x1), g(x2)  # g(x): (n, proj_output_dim)
+            p1, p2, z1, z2 = (common.gather(t.float()) for t in (p1, p2, z1, z2))  # (N, proj_output_dim): global
             objective = (sdmi_objective(p1, z2, args.temperature, args.marginal)
                          + sdmi_objective(p2, z1, args.temperature, args.marginal)) / 2
             loss = -objective
-            run.step(loss, opt_f if phase == 0 else opt_g)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            common.average_gradients(model)  # several processes: the global batch's gradient on every one
+            optimizer.step()
             with torch.no_grad():
                 joint = (F.cosine_similarity(p1, z2).mean() + F.cosine_similarity(p2, z1).mean()) / 2 / args.temperature
-            run.log(r1, y, losses__joint=-joint, losses__marginal=joint - objective, losses__total=loss,
-                    charts__learning_rate=lr, charts__phase=phase)
+            probe_loss, probe_acc = probe.update(r1, y)
+            run.log({"losses/joint": -joint, "losses/marginal": joint - objective, "losses/total": loss,
+                     "losses/online_linear": probe_loss, "charts/online_linear_train_top1": probe_acc,
+                     "charts/learning_rate": lr, "charts/phase": phase})
     run.finish()
 
 

@@ -8,13 +8,17 @@ MI reading (Sabby et al. 2025): JMI paradigm, one shared encoder; in-batch negat
 
     python methods/simclr.py --dataset cifar10
     python methods/simclr.py --dataset synthetic --backbone tiny --epochs 5      # CPU, no files needed
+    torchrun --nproc_per_node 4 methods/simclr.py --dataset cifar10             # 4 GPUs, the same global batch
 
 Implementation details (defaults = solo-learn's tuned CIFAR recipe, scripts/pretrain/cifar/simclr.yaml):
 1. Symmetric augmentation: crop scale 0.08-1, jitter (0.8, 0.8, 0.8, 0.2) p 0.8, grayscale 0.2, blur p 0.5.
 2. Projector Linear(2048)-ReLU-Linear(256) without BatchNorm, as solo-learn (the paper's projector has BN).
 3. LARS (eta 0.02, clipped, biases/norms excluded), lr 0.4 x batch/256, wd 1e-4, 10 warmup epochs, cosine.
 4. Temperature 0.2 (the paper uses 0.5 at batch 4096 on ImageNet; 0.2 is solo-learn's CIFAR value).
-5. Evaluation: see README (online probe, kNN, offline linear probe); R = backbone output, Z = projector output.
+5. Several processes: the embeddings are gathered with gradients, so NT-Xent sees the 2N views of the global batch
+   (the paper's "global BN" and all-device negatives); --sync-bn on by default (solo-learn, and the paper's global BN:
+   per-process BatchNorm statistics would let the views of a small local batch find each other through them).
+6. Evaluation: see README (online probe, kNN, offline linear probe); R = backbone output, Z = projector output.
 """
 import sys
 from dataclasses import dataclass
@@ -24,7 +28,6 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
@@ -37,11 +40,13 @@ class Args:
     data_dir: str = "data"
     """where the dataset lives or is downloaded to (medmnist: the .npz file)"""
     backbone: common.BackboneName = "resnet18"
-    """backbone (CIFAR stem for images <= 64 px); `tiny` is a narrow ResNet for CPU runs"""
+    """backbone (ResNets get the CIFAR stem for images <= 64 px); `tiny` is a narrow ResNet for CPU runs"""
+    patch_size: int = 0
+    """ViT patch size (0: 4 up to 32 px, 8 up to 64 px, 16 above)"""
     epochs: int = 1000
     """training epochs"""
     batch_size: int = 256
-    """images per step (two views each)"""
+    """images per optimizer step, all processes together"""
     optimizer: common.OptimizerName = "lars"
     """optimizer of the SSL parameters"""
     lr: float = 0.4
@@ -53,25 +58,33 @@ class Args:
     seed: int = 0
     """seed of weights, data order and augmentations"""
     device: str = "auto"
-    """auto (cuda if available), cpu, cuda, cuda:1..."""
+    """auto (cuda if available), cpu, cuda, cuda:1...; under torchrun each process takes its local GPU"""
     precision: common.Precision = "auto"
     """autocast dtype; auto = bf16 on CUDA, fp32 on CPU"""
     deterministic: bool = False
     """deterministic kernels (slower on GPU)"""
     compile: bool = False
     """torch.compile the backbone"""
+    sync_bn: bool = True
+    """under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm; GPUs only)"""
     eval_every: int = 50
     """kNN and online-probe test accuracy every N epochs (0: only at the end)"""
     mi_every: int = 500
     """MI estimates and dimensionality metrics on a fixed held-out batch every N steps (0: never)"""
+    finetune_epochs: int = 0
+    """at the end, also fine-tune a copy of the backbone end to end for N epochs and report test top-1"""
     save_every: int = 50
-    """checkpoint every N epochs, and at the end (0: only backbone.pt at the end)"""
+    """checkpoint every N epochs and at the end (0: not by epoch)"""
+    save_every_minutes: float = 10.0
+    """also checkpoint every N minutes (0: not by time); SIGINT / SIGTERM always save before stopping"""
     max_steps: int = 0
     """stop after N optimizer steps (0: run all epochs); the schedules still span all epochs"""
     resume: Optional[str] = None
-    """continue from this checkpoint (its run directory is reused)"""
+    """continue exactly from this checkpoint (a run's last.pt), in its run directory"""
+    run_dir: Optional[str] = None
+    """the run directory, which must not exist yet (default: runs/{dataset}__{exp_name}__{seed}__{time}-{pid})"""
     exp_name: str = ""
-    """run name in runs/{dataset}__{exp_name}__{seed}__{time} (default: the method)"""
+    """run name in the default run directory (default: the method)"""
     # method-specific
     temperature: float = 0.2
     """NT-Xent temperature"""
@@ -93,25 +106,33 @@ def info_nce_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> tor
 
 def main(args: Args):
     run = common.Run(args, "simclr")
-    aug = run.augment(common.symmetric_views(run.data.image_size))
-    backbone, feat_dim = common.build_backbone(args.backbone, run.data.image_size)
+    size = run.data.image_size
+    aug = run.augment([common.ViewSpec(size, jitter=(0.8, 0.8, 0.8, 0.2), blur_p=0.5)] * 2)  # symmetric views
+    backbone, feat_dim = common.build_backbone(args.backbone, size, args.patch_size)
     projector = nn.Sequential(nn.Linear(feat_dim, args.proj_hidden_dim), nn.ReLU(inplace=True),
                               nn.Linear(args.proj_hidden_dim, args.proj_output_dim))
     model = run.prepare(nn.ModuleDict(dict(backbone=backbone, projector=projector)))
     optimizer = common.make_optimizer(args.optimizer, common.param_groups(model, args.weight_decay),
-                                      common.scaled_lr(args.lr, args.batch_size))
-    run.track(model, optimizer, {"main": (backbone, projector)}, feat_dim)
+                                      args.lr * args.batch_size / 256)
+    probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
+    run.track(model, optimizer, {"main": (backbone, projector)}, probe)
 
     for epoch in run.epochs():
         for x, y in run.batches(epoch):
             lr = run.update_lr()
             x1, x2 = aug(x, run.gen)
             with run.autocast():
-                r1, r2 = backbone(run.cl(x1)), backbone(run.cl(x2))  # R: (N, feat_dim)
-                z1, z2 = projector(r1), projector(r2)  # Z: (N, proj_output_dim)
-            loss = info_nce_loss(z1.float(), z2.float(), args.temperature)
-            run.step(loss, optimizer)
-            run.log(r1, y, losses__info_nce=loss, losses__total=loss, charts__learning_rate=lr)
+                r1, r2 = backbone(x1), backbone(x2)  # R: (n, feat_dim), n = this process's share of the batch
+                z1, z2 = projector(r1), projector(r2)  # Z: (n, proj_output_dim)
+            z1, z2 = common.gather(z1.float()), common.gather(z2.float())  # (N, proj_output_dim), the global batch
+            loss = info_nce_loss(z1, z2, args.temperature)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            common.average_gradients(model)  # several processes: the global batch's gradient on every one
+            optimizer.step()
+            probe_loss, probe_acc = probe.update(r1, y)
+            run.log({"losses/info_nce": loss, "losses/total": loss, "losses/online_linear": probe_loss,
+                     "charts/online_linear_train_top1": probe_acc, "charts/learning_rate": lr})
     run.finish()
 
 

@@ -27,7 +27,10 @@ Implementation details (defaults = solo-learn's tuned CIFAR recipe, scripts/pret
 5. The predictor's lr is kept at the batch-scaled base lr all run long, through warmup and cosine (paper, Sec. 4.2
    and Table 1: slightly better; official code and solo-learn likewise); `--no-fix-pred-lr` schedules it too.
 6. Loss L = D(p1, sg(z2)) / 2 + D(p2, sg(z1)) / 2 with D(p, z) = -cos(p, z), as the paper (minimum -1).
-7. Evaluation: see README (online probe, kNN, offline linear probe); R = backbone output, Z = projector output.
+7. Several processes: no gather. The loss is a mean of per-image terms, so each process's mean over its share,
+   averaged by common.average_gradients, is the global mean; images meet only in BatchNorm, hence --sync-bn on by
+   default (solo-learn; the paper syncs BN on 8 GPUs).
+8. Evaluation: see README (online probe, kNN, offline linear probe); R = backbone output, Z = projector output.
 """
 import sys
 from dataclasses import dataclass
@@ -37,7 +40,6 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
@@ -50,11 +52,13 @@ class Args:
     data_dir: str = "data"
     """where the dataset lives or is downloaded to (medmnist: the .npz file)"""
     backbone: common.BackboneName = "resnet18"
-    """backbone (CIFAR stem for images <= 64 px); `tiny` is a narrow ResNet for CPU runs"""
+    """backbone (ResNets get the CIFAR stem for images <= 64 px); `tiny` is a narrow ResNet for CPU runs"""
+    patch_size: int = 0
+    """ViT patch size (0: 4 up to 32 px, 8 up to 64 px, 16 above)"""
     epochs: int = 1000
     """training epochs"""
     batch_size: int = 256
-    """images per step (two views each)"""
+    """images per optimizer step, all processes together"""
     optimizer: common.OptimizerName = "sgd"
     """optimizer of the SSL parameters"""
     lr: float = 0.5
@@ -66,25 +70,33 @@ class Args:
     seed: int = 0
     """seed of weights, data order and augmentations"""
     device: str = "auto"
-    """auto (cuda if available), cpu, cuda, cuda:1..."""
+    """auto (cuda if available), cpu, cuda, cuda:1...; under torchrun each process takes its local GPU"""
     precision: common.Precision = "auto"
     """autocast dtype; auto = bf16 on CUDA, fp32 on CPU"""
     deterministic: bool = False
     """deterministic kernels (slower on GPU)"""
     compile: bool = False
     """torch.compile the backbone"""
+    sync_bn: bool = True
+    """under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm; GPUs only)"""
     eval_every: int = 50
     """kNN and online-probe test accuracy every N epochs (0: only at the end)"""
     mi_every: int = 500
     """MI estimates and dimensionality metrics on a fixed held-out batch every N steps (0: never)"""
+    finetune_epochs: int = 0
+    """at the end, also fine-tune a copy of the backbone end to end for N epochs and report test top-1"""
     save_every: int = 50
-    """checkpoint every N epochs, and at the end (0: only backbone.pt at the end)"""
+    """checkpoint every N epochs and at the end (0: not by epoch)"""
+    save_every_minutes: float = 10.0
+    """also checkpoint every N minutes (0: not by time); SIGINT / SIGTERM always save before stopping"""
     max_steps: int = 0
     """stop after N optimizer steps (0: run all epochs); the schedules still span all epochs"""
     resume: Optional[str] = None
-    """continue from this checkpoint (its run directory is reused)"""
+    """continue exactly from this checkpoint (a run's last.pt), in its run directory"""
+    run_dir: Optional[str] = None
+    """the run directory, which must not exist yet (default: runs/{dataset}__{exp_name}__{seed}__{time}-{pid})"""
     exp_name: str = ""
-    """run name in runs/{dataset}__{exp_name}__{seed}__{time} (default: the method)"""
+    """run name in the default run directory (default: the method)"""
     # method-specific
     proj_hidden_dim: int = 2048
     """projector hidden width"""
@@ -107,31 +119,36 @@ def main(args: Args):
     if args.proj_layers < 1:
         raise common.UserError("--proj-layers must be >= 1.")
     run = common.Run(args, "simsiam")
-    aug = run.augment(common.symmetric_weak_views(run.data.image_size))
-    backbone, feat_dim = common.build_backbone(args.backbone, run.data.image_size)
+    size = run.data.image_size
+    aug = run.augment([common.ViewSpec(size, jitter=(0.4, 0.4, 0.4, 0.1), blur_p=0.5)] * 2)  # symmetric weak views
+    backbone, feat_dim = common.build_backbone(args.backbone, size, args.patch_size)
     projector = common.mlp(feat_dim, args.proj_hidden_dim, args.proj_output_dim, layers=args.proj_layers,
                            last_bn=True, last_bn_affine=False)
     predictor = common.mlp(args.proj_output_dim, args.pred_hidden_dim, args.proj_output_dim)
     model = run.prepare(nn.ModuleDict(dict(backbone=backbone, projector=projector, predictor=predictor)))
-    encoder = nn.ModuleList([backbone, projector])
-    groups = (common.param_groups(encoder, args.weight_decay)
+    groups = (common.param_groups(nn.ModuleList([backbone, projector]), args.weight_decay)
               + common.param_groups(predictor, args.weight_decay, fixed_lr=args.fix_pred_lr))  # why: paper, Table 1
-    optimizer = common.make_optimizer(args.optimizer, groups, common.scaled_lr(args.lr, args.batch_size))
-    run.track(model, optimizer, {"main": (backbone, projector)}, feat_dim)
+    optimizer = common.make_optimizer(args.optimizer, groups, args.lr * args.batch_size / 256)
+    probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
+    run.track(model, optimizer, {"main": (backbone, projector)}, probe)
 
     for epoch in run.epochs():
         for x, y in run.batches(epoch):
             lr = run.update_lr()
             x1, x2 = aug(x, run.gen)
             with run.autocast():
-                r1, r2 = backbone(run.cl(x1)), backbone(run.cl(x2))  # R: (N, feat_dim)
-                z1, z2 = projector(r1), projector(r2)  # Z: (N, proj_output_dim)
-                p1, p2 = predictor(z1), predictor(z2)  # (N, proj_output_dim)
+                r1, r2 = backbone(x1), backbone(x2)  # R: (n, feat_dim)
+                z1, z2 = projector(r1), projector(r2)  # Z: (n, proj_output_dim)
+                p1, p2 = predictor(z1), predictor(z2)  # (n, proj_output_dim)
             loss = negative_cosine(p1.float(), z2.float()) / 2 + negative_cosine(p2.float(), z1.float()) / 2
-            run.step(loss, optimizer)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            common.average_gradients(model)  # several processes: the global batch's gradient on every one
+            optimizer.step()
             z_std = F.normalize(z1.detach().float(), dim=1).std(dim=0).mean()  # collapse monitor (paper, Fig. 2)
-            run.log(r1, y, losses__negative_cosine=loss, losses__total=loss, charts__learning_rate=lr,
-                    charts__z_std=z_std)
+            probe_loss, probe_acc = probe.update(r1, y)
+            run.log({"losses/negative_cosine": loss, "losses/total": loss, "losses/online_linear": probe_loss,
+                     "charts/online_linear_train_top1": probe_acc, "charts/learning_rate": lr, "charts/z_std": z_std})
     run.finish()
 
 

@@ -29,7 +29,10 @@ Implementation details (defaults = solo-learn's tuned CIFAR recipe, scripts/pret
 6. Loss: mean over the (global view i, other view v) pairs of -sum_k q_ik log softmax(z_v . c / T)_k (paper).
 7. LARS (eta 0.02, clipped, biases/norms excluded), lr 0.6 x batch/256, wd 1e-6, 10 warmup epochs, cosine to 0
    (the paper's batch-256 script: final lr 0.0006; not exposed).
-8. Evaluation: see README (online probe, kNN, offline linear probe); R = backbone output, Z = projector output.
+8. Several processes: the embeddings are gathered with gradients, so Sinkhorn equipartitions the codes over the
+   global batch (the official code all-reduces its sums and uses the global batch size) and the queue holds the
+   global batch's embeddings on every process; --sync-bn on by default (solo-learn, and the paper).
+9. Evaluation: see README (online probe, kNN, offline linear probe); R = backbone output, Z = projector output.
 """
 import math
 import sys
@@ -40,7 +43,6 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
@@ -53,11 +55,13 @@ class Args:
     data_dir: str = "data"
     """where the dataset lives or is downloaded to (medmnist: the .npz file)"""
     backbone: common.BackboneName = "resnet18"
-    """backbone (CIFAR stem for images <= 64 px); `tiny` is a narrow ResNet for CPU runs"""
+    """backbone (ResNets get the CIFAR stem for images <= 64 px); `tiny` is a narrow ResNet for CPU runs"""
+    patch_size: int = 0
+    """ViT patch size (0: 4 up to 32 px, 8 up to 64 px, 16 above)"""
     epochs: int = 1000
     """training epochs"""
     batch_size: int = 256
-    """images per step (two views each)"""
+    """images per optimizer step, all processes together"""
     optimizer: common.OptimizerName = "lars"
     """optimizer of the SSL parameters"""
     lr: float = 0.6
@@ -69,25 +73,33 @@ class Args:
     seed: int = 0
     """seed of weights, data order and augmentations"""
     device: str = "auto"
-    """auto (cuda if available), cpu, cuda, cuda:1..."""
+    """auto (cuda if available), cpu, cuda, cuda:1...; under torchrun each process takes its local GPU"""
     precision: common.Precision = "auto"
     """autocast dtype; auto = bf16 on CUDA, fp32 on CPU"""
     deterministic: bool = False
     """deterministic kernels (slower on GPU)"""
     compile: bool = False
     """torch.compile the backbone"""
+    sync_bn: bool = True
+    """under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm; GPUs only)"""
     eval_every: int = 50
     """kNN and online-probe test accuracy every N epochs (0: only at the end)"""
     mi_every: int = 500
     """MI estimates and dimensionality metrics on a fixed held-out batch every N steps (0: never)"""
+    finetune_epochs: int = 0
+    """at the end, also fine-tune a copy of the backbone end to end for N epochs and report test top-1"""
     save_every: int = 50
-    """checkpoint every N epochs, and at the end (0: only backbone.pt at the end)"""
+    """checkpoint every N epochs and at the end (0: not by epoch)"""
+    save_every_minutes: float = 10.0
+    """also checkpoint every N minutes (0: not by time); SIGINT / SIGTERM always save before stopping"""
     max_steps: int = 0
     """stop after N optimizer steps (0: run all epochs); the schedules still span all epochs"""
     resume: Optional[str] = None
-    """continue from this checkpoint (its run directory is reused)"""
+    """continue exactly from this checkpoint (a run's last.pt), in its run directory"""
+    run_dir: Optional[str] = None
+    """the run directory, which must not exist yet (default: runs/{dataset}__{exp_name}__{seed}__{time}-{pid})"""
     exp_name: str = ""
-    """run name in runs/{dataset}__{exp_name}__{seed}__{time} (default: the method)"""
+    """run name in the default run directory (default: the method)"""
     # method-specific
     temperature: float = 0.1
     """softmax temperature of the predictions"""
@@ -146,24 +158,24 @@ def update_queue(queue: torch.Tensor, z: torch.Tensor):
 
 
 def main(args: Args):
-    run = common.Run(args, "swav")
     if 0 < args.queue_size < args.batch_size:
         raise common.UserError(f"--queue-size {args.queue_size} must be 0 or >= --batch-size {args.batch_size}.")
+    run = common.Run(args, "swav")
     size = run.data.image_size
-    views = common.symmetric_views(size)
+    views = [common.ViewSpec(size, jitter=(0.8, 0.8, 0.8, 0.2), blur_p=0.5)] * 2  # symmetric views
     if args.num_local_crops:  # paper's multi-crop scales: local 0.05-0.14, global 0.14-1
-        views = common.multicrop_views(views, args.num_local_crops, args.local_crop_size or size // 2,
-                                       local_scale=(0.05, 0.14), global_scale=(0.14, 1.0))
+        views = common.multicrop(views, args.num_local_crops, args.local_crop_size or size // 2, (0.05, 0.14), (0.14, 1))
     aug = run.augment(views)
-    backbone, feat_dim = common.build_backbone(args.backbone, size)
+    backbone, feat_dim = common.build_backbone(args.backbone, size, args.patch_size)
     projector = common.mlp(feat_dim, args.proj_hidden_dim, args.proj_output_dim)
     prototypes = nn.Linear(args.proj_output_dim, args.num_prototypes, bias=False)  # weight: C (K, D)
     model = nn.ModuleDict(dict(backbone=backbone, projector=projector, prototypes=prototypes))
     model.register_buffer("queue", torch.zeros(2, args.queue_size, args.proj_output_dim))  # a buffer: checkpointed
     model = run.prepare(model)
     optimizer = common.make_optimizer(args.optimizer, common.param_groups(model, args.weight_decay),
-                                      common.scaled_lr(args.lr, args.batch_size))
-    run.track(model, optimizer, {"main": (backbone, projector)}, feat_dim)
+                                      args.lr * args.batch_size / 256)
+    probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
+    run.track(model, optimizer, {"main": (backbone, projector)}, probe)
 
     for epoch in run.epochs():
         prototypes.requires_grad_(epoch >= args.freeze_prototypes_epochs)  # frozen: no gradient, not updated
@@ -173,9 +185,9 @@ def main(args: Args):
                 prototypes.weight.copy_(F.normalize(prototypes.weight, dim=1))  # unit-norm prototypes
             views = aug(x, run.gen)
             with run.autocast():
-                r = [backbone(run.cl(v)) for v in views]  # R: V x (N, feat_dim)
-                z = [projector(r_v) for r_v in r]  # V x (N, proj_output_dim)
-            z = F.normalize(torch.stack(z).float(), dim=-1)  # (V, N, D)
+                r = [backbone(v) for v in views]  # R: V x (n, feat_dim)
+                z = [projector(r_v) for r_v in r]  # V x (n, proj_output_dim)
+            z = torch.stack([common.gather(F.normalize(z_v.float(), dim=-1)) for z_v in z])  # (V, N, D): global batch
             p = z @ prototypes.weight.T  # scores (V, N, K)
             n = z.shape[1]
             queue_full = (run.step_count - 1) * n >= args.queue_size  # filled on every earlier step
@@ -188,9 +200,14 @@ def main(args: Args):
                 if args.queue_size:
                     update_queue(model.queue, z[:2])
             loss = swav_loss(p, q, args.temperature)
-            run.step(loss, optimizer)
-            run.log(r[0], y, losses__swav=loss, losses__total=loss, charts__learning_rate=lr,
-                    charts__queue_in_use=float(use_queue))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            common.average_gradients(model)  # several processes: the global batch's gradient on every one
+            optimizer.step()
+            probe_loss, probe_acc = probe.update(r[0], y)
+            run.log({"losses/swav": loss, "losses/total": loss, "losses/online_linear": probe_loss,
+                     "charts/online_linear_train_top1": probe_acc, "charts/learning_rate": lr,
+                     "charts/queue_in_use": float(use_queue)})
     run.finish()
 
 

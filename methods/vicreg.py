@@ -25,7 +25,10 @@ Implementation details (defaults = solo-learn's tuned CIFAR recipe, scripts/pret
    with C(Z) the unbiased (1/(N-1)) covariance. v and c are summed over the two views as Eq. 6 and solo-learn (the
    official code averages the two variance terms: `--std-coeff 12.5` reproduces it).
 5. `losses/invariance`, `losses/variance`, `losses/covariance` are the unweighted s, v(Z) + v(Z'), c(Z) + c(Z').
-6. Evaluation: see README (online probe, kNN, offline linear probe); R = backbone output, Z = projector output.
+6. Several processes: the embeddings are gathered with gradients and the loss is computed on the global batch,
+   so the variance and covariance are those of the global batch (the official code's FullGatherLayer); the
+   invariance, a per-image mean, is the same on the gathered batch. --sync-bn on by default (solo-learn).
+7. Evaluation: see README (online probe, kNN, offline linear probe); R = backbone output, Z = projector output.
 """
 import sys
 from dataclasses import dataclass
@@ -35,7 +38,6 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
@@ -48,11 +50,13 @@ class Args:
     data_dir: str = "data"
     """where the dataset lives or is downloaded to (medmnist: the .npz file)"""
     backbone: common.BackboneName = "resnet18"
-    """backbone (CIFAR stem for images <= 64 px); `tiny` is a narrow ResNet for CPU runs"""
+    """backbone (ResNets get the CIFAR stem for images <= 64 px); `tiny` is a narrow ResNet for CPU runs"""
+    patch_size: int = 0
+    """ViT patch size (0: 4 up to 32 px, 8 up to 64 px, 16 above)"""
     epochs: int = 1000
     """training epochs"""
     batch_size: int = 256
-    """images per step (two views each)"""
+    """images per optimizer step, all processes together"""
     optimizer: common.OptimizerName = "lars"
     """optimizer of the SSL parameters"""
     lr: float = 0.3
@@ -64,25 +68,33 @@ class Args:
     seed: int = 0
     """seed of weights, data order and augmentations"""
     device: str = "auto"
-    """auto (cuda if available), cpu, cuda, cuda:1..."""
+    """auto (cuda if available), cpu, cuda, cuda:1...; under torchrun each process takes its local GPU"""
     precision: common.Precision = "auto"
     """autocast dtype; auto = bf16 on CUDA, fp32 on CPU"""
     deterministic: bool = False
     """deterministic kernels (slower on GPU)"""
     compile: bool = False
     """torch.compile the backbone"""
+    sync_bn: bool = True
+    """under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm; GPUs only)"""
     eval_every: int = 50
     """kNN and online-probe test accuracy every N epochs (0: only at the end)"""
     mi_every: int = 500
     """MI estimates and dimensionality metrics on a fixed held-out batch every N steps (0: never)"""
+    finetune_epochs: int = 0
+    """at the end, also fine-tune a copy of the backbone end to end for N epochs and report test top-1"""
     save_every: int = 50
-    """checkpoint every N epochs, and at the end (0: only backbone.pt at the end)"""
+    """checkpoint every N epochs and at the end (0: not by epoch)"""
+    save_every_minutes: float = 10.0
+    """also checkpoint every N minutes (0: not by time); SIGINT / SIGTERM always save before stopping"""
     max_steps: int = 0
     """stop after N optimizer steps (0: run all epochs); the schedules still span all epochs"""
     resume: Optional[str] = None
-    """continue from this checkpoint (its run directory is reused)"""
+    """continue exactly from this checkpoint (a run's last.pt), in its run directory"""
+    run_dir: Optional[str] = None
+    """the run directory, which must not exist yet (default: runs/{dataset}__{exp_name}__{seed}__{time}-{pid})"""
     exp_name: str = ""
-    """run name in runs/{dataset}__{exp_name}__{seed}__{time} (default: the method)"""
+    """run name in the default run directory (default: the method)"""
     # method-specific
     sim_coeff: float = 25.0
     """weight lambda of the invariance term s(Z, Z')"""
@@ -116,26 +128,33 @@ def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_coeff: float = 25.0, std
 
 def main(args: Args):
     run = common.Run(args, "vicreg")
-    aug = run.augment(common.vicreg_views(run.data.image_size))
-    backbone, feat_dim = common.build_backbone(args.backbone, run.data.image_size)
+    size = run.data.image_size
+    aug = run.augment([common.ViewSpec(size, scale=(0.2, 1.0), solarize_p=0.1)] * 2)  # VICReg's views (solo-learn)
+    backbone, feat_dim = common.build_backbone(args.backbone, size, args.patch_size)
     projector = common.mlp(feat_dim, args.proj_hidden_dim, args.proj_output_dim, layers=3)
     model = run.prepare(nn.ModuleDict(dict(backbone=backbone, projector=projector)))
     optimizer = common.make_optimizer(args.optimizer, common.param_groups(model, args.weight_decay),
-                                      common.scaled_lr(args.lr, args.batch_size))
-    run.track(model, optimizer, {"main": (backbone, projector)}, feat_dim)
+                                      args.lr * args.batch_size / 256)
+    probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
+    run.track(model, optimizer, {"main": (backbone, projector)}, probe)
 
     for epoch in run.epochs():
         for x, y in run.batches(epoch):
             lr = run.update_lr()
             x1, x2 = aug(x, run.gen)
             with run.autocast():
-                r1, r2 = backbone(run.cl(x1)), backbone(run.cl(x2))  # R: (N, feat_dim)
-                z1, z2 = projector(r1), projector(r2)  # Z: (N, proj_output_dim)
-            loss, invariance, variance, covariance = vicreg_loss(z1.float(), z2.float(), args.sim_coeff,
-                                                                 args.std_coeff, args.cov_coeff)
-            run.step(loss, optimizer)
-            run.log(r1, y, losses__invariance=invariance, losses__variance=variance, losses__covariance=covariance,
-                    losses__total=loss, charts__learning_rate=lr)
+                r1, r2 = backbone(x1), backbone(x2)  # R: (n, feat_dim)
+                z1, z2 = projector(r1), projector(r2)  # Z: (n, proj_output_dim)
+            z1, z2 = common.gather(z1.float()), common.gather(z2.float())  # (N, proj_output_dim): the global batch
+            loss, invariance, variance, covariance = vicreg_loss(z1, z2, args.sim_coeff, args.std_coeff, args.cov_coeff)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            common.average_gradients(model)  # several processes: the global batch's gradient on every one
+            optimizer.step()
+            probe_loss, probe_acc = probe.update(r1, y)
+            run.log({"losses/invariance": invariance, "losses/variance": variance, "losses/covariance": covariance,
+                     "losses/total": loss, "losses/online_linear": probe_loss,
+                     "charts/online_linear_train_top1": probe_acc, "charts/learning_rate": lr})
     run.finish()
 
 

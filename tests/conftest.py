@@ -1,22 +1,92 @@
+"""The one test harness: `train` runs a method's main() in this process exactly as its command line would (tyro parses
+the flags), `run_script` runs a script as a subprocess, where the command line itself is under test."""
+import json
 import os
+import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
+import tyro
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "methods"))
+import common  # noqa: E402
+
+# a few CPU seconds: tiny backbone, synthetic data, no periodic evaluation or checkpoints unless a test asks
+TINY = ("--dataset", "synthetic", "--backbone", "tiny", "--batch-size", "32", "--epochs", "2", "--warmup-epochs", "1",
+        "--eval-every", "0", "--mi-every", "0", "--save-every", "0", "--save-every-minutes", "0", "--device", "cpu")
 
 
-def run_script(script, *args, cwd, timeout=600):
-    """Run a method script as a user would, in `cwd` (its runs/ goes there); returns CompletedProcess."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
-    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+def run_script(script, *args, cwd, timeout=600, env=None):
+    """Run a script as a user would, in `cwd` (its runs/ goes there); returns the CompletedProcess."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"), **(env or {}))
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 @pytest.fixture
-def run(tmp_path):
-    return lambda script, *args, **kw: run_script(script, *args, cwd=kw.pop("cwd", tmp_path), **kw)
+def script(tmp_path):
+    """script(path, *args) runs a script as a subprocess in tmp_path (see run_script)."""
+    return lambda path, *args, **kw: run_script(path, *args, cwd=kw.pop("cwd", tmp_path), **kw)
+
+
+def events(run_dir: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return acc
+
+
+@dataclass
+class Trained:
+    run: common.Run  # the run: .model, .optimizers, .probe, .data, .views, .step_count ...
+    before: dict  # the model's state_dict when main() registered it with run.track (before any step)
+    dir: Path  # the run directory
+    results: dict  # its results.json ({} if the run wrote none)
+
+
+@pytest.fixture
+def train(tmp_path, monkeypatch):
+    """train(module, *flags, images=None) -> Trained. images=N keeps the first N images of each split (the test split
+    N // 2), so that epochs are a few steps long."""
+
+    def go(module, *flags, images=None):
+        seen, track, load = {}, common.Run.track, common.load_data
+
+        def spy(self, model, *a, **k):
+            seen.update(run=self, before={n: v.detach().clone() for n, v in model.state_dict().items()})
+            return track(self, model, *a, **k)
+
+        def small(*a, **k):
+            d = load(*a, **k)
+            d.splits = {s: (x[:images // (2 if s == "test" else 1)], y[:images // (2 if s == "test" else 1)])
+                        for s, (x, y) in d.splits.items()}
+            return d
+
+        monkeypatch.setattr(common.Run, "track", spy)
+        if images:
+            monkeypatch.setattr(common, "load_data", small)
+        monkeypatch.chdir(tmp_path)
+        try:
+            module.main(tyro.cli(module.Args, args=[str(f) for f in flags]))
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler), signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        run = seen["run"]
+        results = run.dir / "results.json"
+        return Trained(run, seen["before"], run.dir, json.loads(results.read_text()) if results.exists() else {})
+
+    return go
+
+
+@pytest.fixture
+def one_thread():
+    """Small tensors: one thread is faster, and robust to a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

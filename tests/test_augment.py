@@ -1,10 +1,11 @@
-import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
-import common as A  # noqa: E402
+"""common.py's batched augmentation: every op against torchvision's per-image function, the random parameters against
+torchvision's draws, the pipeline's determinism, sharding across processes and multi-crop."""
+import pytest
+import torch
+import torchvision.transforms as T
+import torchvision.transforms.v2.functional as TF
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torchvision.transforms as T  # noqa: E402
-import torchvision.transforms.v2.functional as TF  # noqa: E402
+import common as A
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -64,11 +65,11 @@ def test_resized_crop_uint8_and_random_boxes():
     _close(out, ref, atol=1e-3)  # 0..255 scale
 
 
-def test_hflip():
+def test_flip_of_selected_samples():
     x = _imgs()
     m = torch.tensor([True, False, True, False])
     ref = torch.stack([TF.hflip(x[i]) if m[i] else x[i] for i in range(4)])
-    _close(A.hflip(x, m), ref, atol=0)
+    _close(A._apply(x.clone(), m, lambda z: z.flip(-1)), ref, atol=0)
 
 
 @pytest.mark.parametrize("H,W,scale,ratio", [(32, 32, (0.08, 1.0), (3 / 4, 4 / 3)),
@@ -114,20 +115,19 @@ def test_rrc_params_scale_08_1_mean_area():
 FACTORS = torch.tensor([0.0, 0.5, 1.0, 1.7, 3.0])
 
 
-@pytest.mark.parametrize("ours,theirs", [(A.adjust_brightness, TF.adjust_brightness),
-                                         (A.adjust_contrast, TF.adjust_contrast),
-                                         (A.adjust_saturation, TF.adjust_saturation)])
-def test_blend_ops(ours, theirs):
+@pytest.mark.parametrize("j,theirs", [(0, TF.adjust_brightness), (1, TF.adjust_contrast), (2, TF.adjust_saturation)])
+def test_blend_ops(j, theirs):
     x = torch.cat([_rgb_imgs(), _imgs(5, (1, 3, 32, 32))])
-    _close(ours(x, FACTORS), _per_image(theirs, x, FACTORS))
+    _close(A.jitter_op(j, x.clone(), FACTORS), _per_image(theirs, x, FACTORS))
     y = _imgs(2, (5, 3, 20, 27))
-    _close(ours(y, FACTORS.flip(0)), _per_image(theirs, y, FACTORS.flip(0)))
+    _close(A.jitter_op(j, y.clone(), FACTORS.flip(0)), _per_image(theirs, y, FACTORS.flip(0)))
 
 
 def test_adjust_hue():
     x = torch.cat([_rgb_imgs(), _imgs(6, (2, 3, 32, 32))])
     hue = torch.tensor([0.0, 0.5, -0.5, 0.1, -0.27, 0.33])
     _close(A.adjust_hue(x, hue), _per_image(TF.adjust_hue, x, hue))
+    _close(A.jitter_op(3, x, hue), _per_image(TF.adjust_hue, x, hue))
     y = _imgs(7, (2, 3, 20, 27))
     _close(A.adjust_hue(y, hue[2:4]), _per_image(TF.adjust_hue, y, hue[2:4]))
     q = torch.randint(0, 4, (16, 3, 8, 8), generator=torch.Generator().manual_seed(9)) / 3.0  # many ties
@@ -155,23 +155,21 @@ def test_solarize():
     x[0, 0, 0, :3] = torch.tensor([0.5, 0.4999, 0.5001])
     m = torch.tensor([True, False, True, True])
     ref = torch.stack([TF.solarize(x[i], 0.5) if m[i] else x[i] for i in range(4)])
-    _close(A.solarize(x, m), ref, atol=0)
+    _close(A._apply(x.clone(), m, A.solarize), ref, atol=0)
 
 
 # ------------------------------------------------------------------ color jitter
 def test_color_jitter_identity_cases():
     x = _imgs()
     g = torch.Generator().manual_seed(0)
-    _close(A.color_jitter(x, 0, 0, 0, 0, 1.0, g), x, atol=0)
-    _close(A.color_jitter(x, 0.8, 0.8, 0.8, 0.2, 0.0, g), x, atol=0)
+    _close(A.color_jitter(x.clone(), 0, 0, 0, 0, 1.0, g), x, atol=0)
+    _close(A.color_jitter(x.clone(), 0.8, 0.8, 0.8, 0.2, 0.0, g), x, atol=0)
 
 
 def test_color_jitter_matches_single_ops_in_drawn_order():
     x = _imgs(8, (64, 3, 16, 16))
-    x0 = x.clone()
     g = torch.Generator().manual_seed(4)
-    out, (apply, order, fac) = A.color_jitter(x, 0.8, 0.8, 0.8, 0.2, 0.7, g, return_params=True)
-    _close(x, x0, atol=0)  # input untouched
+    out, (apply, order, fac) = A.color_jitter(x.clone(), 0.8, 0.8, 0.8, 0.2, 0.7, g, return_params=True)
     assert out.min() >= 0 and out.max() <= 1
     assert 0 < apply.sum() < 64
     assert (order.sort(1).values == torch.arange(4)).all()  # permutations
@@ -185,29 +183,33 @@ def test_color_jitter_matches_single_ops_in_drawn_order():
                 ref = ops[j](ref, float(fac[i, j]))
         _close(out[i], ref, atol=1e-4)
     # same generator state -> same result
-    out2 = A.color_jitter(x, 0.8, 0.8, 0.8, 0.2, 0.7, torch.Generator().manual_seed(4))
+    out2 = A.color_jitter(x.clone(), 0.8, 0.8, 0.8, 0.2, 0.7, torch.Generator().manual_seed(4))
     _close(out, out2, atol=0)
 
 
 def test_color_jitter_zero_strength_op_skipped():
     x = _imgs()
-    out, (apply, order, fac) = A.color_jitter(x, 0.5, 0, 0, 0, 1.0, torch.Generator().manual_seed(1),
+    out, (apply, order, fac) = A.color_jitter(x.clone(), 0.5, 0, 0, 0, 1.0, torch.Generator().manual_seed(1),
                                               return_params=True)
-    _close(out, A.adjust_brightness(x, fac[:, 0]))
+    _close(out, A.jitter_op(0, x.clone(), fac[:, 0]))
 
 
 # ------------------------------------------------------------------ pipeline
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+SYMMETRIC = [A.ViewSpec(32, jitter=(0.8, 0.8, 0.8, 0.2), blur_p=0.5)] * 2  # SimCLR's CIFAR views
+WEAK = [A.ViewSpec(32, jitter=(0.4, 0.4, 0.4, 0.1), blur_p=0.5)] * 2  # MoCo v2's and SimSiam's
+ASYMMETRIC = [A.ViewSpec(32), A.ViewSpec(32, solarize_p=0.2)]  # BYOL's
+VICREG = [A.ViewSpec(32, scale=(0.2, 1.0), solarize_p=0.1)] * 2
 
 
 def _batch(B=8, H=32, W=32, seed=0):
     return torch.randint(0, 256, (B, 3, H, W), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("preset", [A.symmetric_views, A.symmetric_weak_views, A.asymmetric_views,
-                                    A.vicreg_views])
-def test_augment_presets_shapes_and_determinism(preset):
-    aug = A.Augment(preset(32), MEAN, STD)
+@pytest.mark.parametrize("views", [SYMMETRIC, WEAK, ASYMMETRIC, VICREG], ids=["symmetric", "weak", "asymmetric",
+                                                                             "vicreg"])
+def test_augment_shapes_range_and_determinism(views):
+    aug = A.Augment(views, MEAN, STD)
     x = _batch()
     x0 = x.clone()
     v1 = aug(x, torch.Generator().manual_seed(0))
@@ -225,19 +227,20 @@ def test_augment_presets_shapes_and_determinism(preset):
         assert (v >= lo.view(1, 3, 1, 1) - 1e-4).all() and (v <= hi.view(1, 3, 1, 1) + 1e-4).all()
 
 
-def test_presets_recipes():
-    s = A.symmetric_views(32)
-    assert len(s) == 2 and s[0].jitter == (0.8, 0.8, 0.8, 0.2) and s[0].blur_p == 0.5
-    a = A.asymmetric_views(32)
-    assert [v.solarize_p for v in a] == [0.0, 0.2] and all(v.blur_p == 0 for v in a)
-    assert [v.blur_p for v in A.asymmetric_views(224, blur_p=(1.0, 0.1))] == [1.0, 0.1]
-    vi = A.vicreg_views(32)
-    assert all(v.scale == (0.2, 1.0) and v.solarize_p == 0.1 for v in vi)
-    assert A.symmetric_weak_views(32)[1].jitter == (0.4, 0.4, 0.4, 0.1)
+def test_sharded_views_are_the_rows_of_the_global_batch():
+    """Several processes: each rank draws the parameters of the global batch and keeps its rows, so the ranks' views
+    together are exactly the views one process makes of the concatenated batch."""
+    views = A.multicrop(SYMMETRIC, 2, 16, (0.05, 0.4), (0.4, 1.0))
+    x = _batch(12)
+    whole = A.Augment(views, MEAN, STD)(x, torch.Generator().manual_seed(3))
+    parts = [A.Augment(views, MEAN, STD, shard=(r, 3))(x[4 * r:4 * (r + 1)], torch.Generator().manual_seed(3))
+             for r in range(3)]
+    for v, view in enumerate(whole):
+        assert torch.equal(view, torch.cat([p[v] for p in parts])), v
 
 
 def test_augment_multicrop():
-    views = A.multicrop_views(A.symmetric_views(32), n_local=4, local_size=16)
+    views = A.multicrop(SYMMETRIC, n_local=4, local_size=16, local_scale=(0.05, 0.4), global_scale=(0.4, 1.0))
     assert len(views) == 6 and [v.size for v in views] == [32, 32, 16, 16, 16, 16]
     assert views[0].scale == (0.4, 1.0) and views[2].scale == (0.05, 0.4)
     assert views[2].jitter == views[0].jitter
@@ -246,7 +249,7 @@ def test_augment_multicrop():
 
 
 def test_augment_blur_on_large_and_precropped_list():
-    views = A.asymmetric_views(96, blur_p=(1.0, 0.1))  # kernel 9
+    views = [A.ViewSpec(96, blur_p=1.0), A.ViewSpec(96, blur_p=0.1, solarize_p=0.2)]  # BYOL's ImageNet blur; kernel 9
     aug = A.Augment(views, MEAN, STD)
     out = aug(_batch(4, 120, 100), torch.Generator().manual_seed(0))
     assert [tuple(o.shape) for o in out] == [(4, 3, 96, 96)] * 2
@@ -259,25 +262,27 @@ def test_augment_blur_on_large_and_precropped_list():
     assert [tuple(o.shape) for o in o1] == [(4, 3, 96, 96)] * 2
 
 
-def test_augment_identity_spec_is_normalize_only():
+def test_augment_identity_spec_is_normalize_only_and_channels_last():
     spec = A.ViewSpec(32, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0, jitter_p=0, gray_p=0)
     x = _batch()
     out = A.Augment([spec], MEAN, STD)(x, torch.Generator().manual_seed(0))[0]
     ref = (x.float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
     _close(out, ref, atol=1e-5)
+    cl = A.Augment([spec], MEAN, STD, channels_last=True)(x, torch.Generator().manual_seed(0))[0]
+    assert cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(cl, out)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu_and_is_deterministic():
     x = _rgb_imgs()
     f, hue = torch.tensor([0.3, 1.0, 1.5, 2.0]), torch.tensor([-0.5, -0.1, 0.2, 0.5])
-    for op, prm in ((A.adjust_contrast, f), (A.adjust_saturation, f), (A.adjust_hue, hue)):
-        _close(op(x.cuda(), prm.cuda()).cpu(), op(x, prm))
+    for j, prm in ((1, f), (2, f), (3, hue)):
+        _close(A.jitter_op(j, x.cuda(), prm.cuda()).cpu(), A.jitter_op(j, x.clone(), prm))
     _close(A.gaussian_blur(x.cuda(), f.cuda(), 5).cpu(), A.gaussian_blur(x, f, 5))
     top, left, h, w = (torch.tensor(c) for c in ((0, 3, 1, 20), (0, 5, 2, 9), (32, 10, 7, 12), (32, 20, 30, 23)))
     _close(A.resized_crop(x.cuda(), top.cuda(), left.cuda(), h.cuda(), w.cuda(), 24).cpu(),
            A.resized_crop(x, top, left, h, w, 24))
-    aug = A.Augment(A.multicrop_views(A.symmetric_views(32), 2, 16), MEAN, STD)
+    aug = A.Augment(A.multicrop(SYMMETRIC, 2, 16, (0.05, 0.4), (0.4, 1.0)), MEAN, STD)
     xb = _batch().cuda()
     o1 = aug(xb, torch.Generator(device="cuda").manual_seed(0))
     o2 = aug(xb, torch.Generator(device="cuda").manual_seed(0))

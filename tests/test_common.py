@@ -38,29 +38,30 @@ def test_param_groups_exclude_bias_and_norm():
 
 
 def test_schedules():
-    assert common.warmup_cosine(0, 100, 10, start=0.0) == 0.0
+    assert common.warmup_cosine(0, 100, 10, start=0.0) == pytest.approx(0.0, abs=1e-12)
     assert common.warmup_cosine(10, 100, 10) == pytest.approx(1.0)
     assert common.warmup_cosine(55, 100, 10) == pytest.approx(0.5)
     assert common.warmup_cosine(100, 100, 10) == pytest.approx(0.0)
     assert common.cosine_schedule(0, 100, 0.99, 1.0) == pytest.approx(0.99)
     assert common.cosine_schedule(50, 100, 0.99, 1.0) == pytest.approx(0.995)
     assert common.cosine_schedule(100, 100, 0.99, 1.0) == pytest.approx(1.0)
-    assert common.scaled_lr(0.4, 512) == pytest.approx(0.8)
 
 
-def test_checkpoint_is_atomic(tmp_path, monkeypatch):
+def test_checkpoint_is_atomic_and_a_full_disk_is_one_line(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     common.save_checkpoint(path, {"step": 1})
     real_save = torch.save
 
-    def crash(obj, f):
-        real_save({"half": True}, f)
-        raise RuntimeError("disk full")
+    def full_disk(obj, f):
+        real_save({"half": True}, f)  # half written, then the disk is full
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(RuntimeError):
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(common.UserError) as e:
         common.save_checkpoint(path, {"step": 2})
-    assert torch.load(path)["step"] == 1  # the previous checkpoint is intact
+    assert "No space left" in str(e.value) and "\n" not in str(e.value)
+    assert torch.load(path, weights_only=True)["step"] == 1  # the previous checkpoint is intact
+    assert list(tmp_path.iterdir()) == [path]  # and no temporary file is left
 
 
 def test_knn_and_linear_probe_on_separable_features():
@@ -120,19 +121,34 @@ def _write_folder(root, size, n_per_class=6, classes=("cat", "dog"), split="val"
 def test_imagefolder_small_images_are_decoded_once(tmp_path):
     _write_folder(tmp_path, 32)
     d = common.load_data("imagefolder", str(tmp_path), 0, "cpu")
-    assert not d.large and d.train.shape == (12, 3, 32, 32) and d.train.dtype == torch.uint8
-    assert d.num_classes == 2 and d.test.shape[0] == 4 and sorted(d.train_labels.tolist()) == [0] * 6 + [1] * 6
+    (x_all, y_all), (test, _) = d.splits["ssl"], d.splits["test"]
+    assert not d.large and x_all.shape == (12, 3, 32, 32) and x_all.dtype == torch.uint8
+    assert d.num_classes == 2 and test.shape[0] == 4 and sorted(y_all.tolist()) == [0] * 6 + [1] * 6
     first = Image.open(tmp_path / "train" / "cat" / "0.png")
-    assert torch.equal(d.train[0], torch.from_numpy(np.array(first)).permute(2, 0, 1))
+    assert torch.equal(x_all[0], torch.from_numpy(np.array(first)).permute(2, 0, 1))
     x, y, idx = next(d.ssl_batches(4, 0, 0))
-    assert x.shape == (4, 3, 32, 32) and torch.equal(d.train[idx], x) and torch.equal(d.train_labels[idx], y)
+    assert x.shape == (4, 3, 32, 32) and torch.equal(x_all[idx], x) and torch.equal(y_all[idx], y)
+
+
+def test_batches_are_seeded_resumable_and_shared_out_by_rank(monkeypatch):
+    d = common.load_data("synthetic", "", 0, "cpu")
+    epoch = [idx for _, _, idx in d.ssl_batches(512, 3, 7)]
+    assert len(epoch) == 8 and torch.equal(torch.cat(epoch).sort().values, torch.arange(4096))  # a permutation
+    assert all(torch.equal(a, b) for a, b in zip(epoch, [i for _, _, i in d.ssl_batches(512, 3, 7)]))  # seeded
+    assert not torch.equal(epoch[0], next(d.ssl_batches(512, 4, 7))[2])  # a new order each epoch
+    assert all(torch.equal(a, b) for a, b in zip(epoch[5:], [i for _, _, i in d.ssl_batches(512, 3, 7, start=5)]))
+    for r in range(4):  # rank r of 4 takes the r-th quarter of every global batch
+        monkeypatch.setattr(common, "rank", lambda: r)
+        monkeypatch.setattr(common, "world_size", lambda: 4)
+        shares = [i for _, _, i in d.ssl_batches(512, 3, 7)]
+        assert all(torch.equal(s, e[128 * r:128 * (r + 1)]) for s, e in zip(shares, epoch))
 
 
 def test_imagefolder_large_images_use_loader_crops(tmp_path):
     _write_folder(tmp_path, 160, split="test", fmt="jpg")
     d = common.load_data("imagefolder", str(tmp_path), 0, "cpu")
     assert d.large and d.image_size == 224
-    views = common.symmetric_views(96)
+    views = [common.ViewSpec(96)] * 2
     crops, y, idx = next(d.ssl_batches(4, 0, 0, views))
     assert [c.shape for c in crops] == [(4, 3, 96, 96)] * 2 and crops[0].dtype == torch.uint8
     x, _ = next(d.eval_batches("test"))
@@ -145,7 +161,7 @@ def test_medmnist_npz(tmp_path):
     np.savez(path, train_images=rng.integers(0, 255, (20, 28, 28, 3), dtype=np.uint8), train_labels=rng.integers(0, 8, (20, 1)),
              test_images=rng.integers(0, 255, (6, 28, 28, 3), dtype=np.uint8), test_labels=rng.integers(0, 8, (6, 1)))
     d = common.load_data("medmnist", str(path), 0, "cpu")
-    assert d.train.shape == (20, 3, 28, 28) and d.test_labels.shape == (6,) and d.image_size == 28
+    assert d.splits["ssl"][0].shape == (20, 3, 28, 28) and d.splits["test"][1].shape == (6,) and d.image_size == 28
 
 
 @pytest.mark.parametrize("name", ["imagefolder", "tinyimagenet", "medmnist"])
@@ -154,12 +170,3 @@ def test_missing_data_is_one_clear_line(tmp_path, name):
         common.load_data(name, str(tmp_path / "nothing"), 0, "cpu")
     msg = str(e.value)
     assert "\n" not in msg and "nothing" in msg
-
-
-def test_representation_metrics_keys():
-    r, z1 = torch.randn(64, 16), torch.randn(64, 8)
-    m = common.representation_metrics(r, z1, z1 + 0.1 * torch.randn(64, 8))
-    for k in ("mi/cos_dv", "mi/infonce", "mi/jsd", "dim/erank_R", "dim/erank_Z", "dim/mi_RZ", "dim/eig_count_R",
-              "dim/explained_var_top30_Z", "dim/uniformity_R"):
-        assert math.isfinite(m[k]), k
-    assert m["mi/infonce"] <= math.log(64) + 1e-6

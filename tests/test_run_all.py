@@ -48,7 +48,7 @@ def test_table_mean_std_over_seeds_beside_the_paper(tmp_path):
 
 def test_benchmark_prints_rows(tmp_path):
     res = subprocess.run([sys.executable, str(ROOT / "benchmark.py"), "--methods", "simclr", "--backbone", "tiny",
-                          "--batch-size", "32", "--steps", "4", "--warmup", "1", "--no-pil-baseline"],
+                          "--batch-size", "32", "--steps", "5", "--no-pil-baseline"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     aug = [ln for ln in res.stdout.splitlines() if ln.startswith("| batched")]

@@ -150,26 +150,24 @@ def scalar_tags(path):
     return set(acc.Tags()["scalars"])
 
 
-def test_experiment_trajectories(run, tmp_path):
-    res = run("toy_gaussian.py", "--experiment", "trajectories", "--steps", "30", "--record-every", "10",
-              "--n-samples", "600", "--batch-size", "64")
+def test_experiment_trajectories(script, tmp_path):
+    res = script("toy_gaussian.py", "--experiment", "trajectories", "--steps", "30", "--record-every", "10",
+                 "--n-samples", "600", "--batch-size", "64")
     assert res.returncode == 0, res.stderr[-3000:]
     d = run_dir(tmp_path, "trajectories")
     for png in ("trajectories.png", "mi.png"):
         assert printed(d / png, tmp_path, res.stdout)
     results = json.loads((d / "results.json").read_text())
-    existing = {m for m in T.ALL_METHODS if (ROOT / "methods" / f"{m}.py").exists()}
-    assert existing <= set(results) and set(results["skipped"]) == set(T.ALL_METHODS) - existing
-    assert {"sdmi", "simclr", "byol"} <= existing  # the foundation and the MI paper
-    for m in existing:
+    assert set(T.ALL_METHODS) <= set(results)  # every method trained (an import failure is an error, not a skip)
+    for m in T.ALL_METHODS:
         assert results[m]["separation"] > 0 and math.isfinite(results[m]["mi/cos_dv"])
     tags = scalar_tags(d / "simclr")
     assert {"mi/cos_dv", "mi/infonce", "mi/jsd", "losses/info_nce", "losses/total", "eval/separation"} <= tags
     assert "separation (L2-normalized)" in res.stdout
 
 
-def test_experiment_pca(run, tmp_path):
-    res = run("toy_gaussian.py", "--experiment", "pca", "--draws", "3", "--n-features-sweep", "10", "30",
+def test_experiment_pca(script, tmp_path):
+    res = script("toy_gaussian.py", "--experiment", "pca", "--draws", "3", "--n-features-sweep", "10", "30",
               "--cluster-std-sweep", "0.5", "4", "--fixed-n-features", "20")
     assert res.returncode == 0, res.stderr[-3000:]
     d = run_dir(tmp_path, "pca")
@@ -190,8 +188,8 @@ def test_bad_flags_write_nothing(tmp_path, monkeypatch, kw):
     assert not (tmp_path / "runs").exists()
 
 
-def test_experiment_mlp(run, tmp_path):
-    res = run("toy_gaussian.py", "--experiment", "mlp", "--epochs", "5")
+def test_experiment_mlp(script, tmp_path):
+    res = script("toy_gaussian.py", "--experiment", "mlp", "--epochs", "5")
     assert res.returncode == 0, res.stderr[-3000:]
     d = run_dir(tmp_path, "mlp")
     assert printed(d / "mlp.png", tmp_path, res.stdout)

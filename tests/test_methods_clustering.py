@@ -1,15 +1,12 @@
-"""SwAV, DeepCluster-v2 and DINO objectives and mechanics against hand-worked values and naive second
-implementations: Sinkhorn-Knopp marginals and form, swapped prediction, queue, k-means, cluster cross-entropy,
-DINO loss, center, weight-normalized head."""
+"""Clustering methods: SwAV (Sinkhorn-Knopp codes, swapped prediction, queue) and DeepCluster v2 (spherical k-means
+of a memory), against naive loops, hand-worked values and known marginals."""
 import math
 
 import torch
 import torch.nn.functional as F
 
 from deepcluster_v2 import deepcluster_loss, kmeans
-from dino import DINOHead, dino_loss, update_center
 from swav import sinkhorn, swav_loss, update_queue
-
 
 def cosine_scores(b, k, d=16, seed=0):
     """Scores z . c of unit embeddings and unit prototypes, as in SwAV (values in [-1, 1])."""
@@ -18,7 +15,6 @@ def cosine_scores(b, k, d=16, seed=0):
     return z @ c.T
 
 
-# ---------------------------------------------------------------------------------------------------- SwAV
 def naive_sinkhorn(scores, eps, iterations):
     """Sinkhorn-Knopp written element by element: Q = exp(S / eps) normalized, then alternate rescalings so that
     each prototype (column of S) holds 1/K of the mass and each sample (row of S) 1/B; returned per sample."""
@@ -119,7 +115,6 @@ def test_queue_is_first_in_first_out():
     assert queue[:, :, 0].tolist() == [[4, 4, 3, 3, 2, 2]] * 2
 
 
-# ---------------------------------------------------------------------------------------------- DeepCluster-v2
 def blobs(n_blobs=5, per_blob=40, d=8, seed=0):
     """Tight clusters around n_blobs orthogonal unit directions; labels in blob order."""
     g = torch.Generator().manual_seed(seed)
@@ -205,56 +200,3 @@ def test_deepcluster_loss_hand_value():
     p = [torch.tensor([[[1.0, 0.0]]])]
     assert abs(deepcluster_loss(p, torch.tensor([[1]]), 1.0).item() - math.log(1 + math.e)) < 1e-6
 
-
-# ---------------------------------------------------------------------------------------------------- DINO
-def naive_dino(s, t, c, ts, tt):
-    terms = []
-    for i in range(t.shape[0]):
-        for v in range(s.shape[0]):
-            if v == i:
-                continue
-            for n in range(s.shape[1]):
-                tl = [(float(t[i, n, k]) - float(c[k])) / tt for k in range(t.shape[2])]
-                sl = [float(x) / ts for x in s[v, n]]
-                pt = [math.exp(x) / sum(math.exp(y) for y in tl) for x in tl]
-                lse = math.log(sum(math.exp(x) for x in sl))
-                terms.append(-sum(pk * (sk - lse) for pk, sk in zip(pt, sl)))
-    return sum(terms) / len(terms)
-
-
-def test_dino_loss_matches_explicit_loops():
-    g = torch.Generator().manual_seed(4)
-    t = torch.randn(2, 3, 6, generator=g, dtype=torch.float64)
-    c = torch.randn(6, generator=g, dtype=torch.float64)
-    for v in (2, 5):  # two global views only; two global + three local views
-        s = torch.randn(v, 3, 6, generator=g, dtype=torch.float64)
-        for ts, tt in ((0.1, 0.04), (0.1, 0.07), (1.0, 1.0)):
-            assert abs(dino_loss(s, t, c, ts, tt).item() - naive_dino(s, t, c, ts, tt)) < 1e-9
-
-
-def test_dino_loss_hand_value_and_gradient_only_to_the_student():
-    # teacher output uniform after centering -> P_t uniform; student logits (0, log 3): P_s = (1/4, 3/4)
-    t = torch.tensor([[[2.0, 2.0]], [[5.0, 5.0]]], requires_grad=True)
-    s = torch.tensor([[[0.0, math.log(3)]], [[0.0, math.log(3)]]], requires_grad=True)
-    loss = dino_loss(s, t, torch.tensor([1.0, 1.0]), 1.0, 0.04)
-    assert abs(loss.item() - (-(0.5 * math.log(0.25) + 0.5 * math.log(0.75)))) < 1e-6
-    loss.backward()
-    assert s.grad is not None and t.grad is None
-
-
-def test_center_update_is_the_moving_average():
-    c = torch.tensor([1.0, 0.0, -1.0])
-    t = torch.tensor([[[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]], [[0.0, 0.0, 0.0], [4.0, 4.0, 4.0]]])  # mean (2, 2, 2)
-    update_center(c, t, 0.9)
-    assert torch.allclose(c, torch.tensor([0.9 + 0.2, 0.2, -0.9 + 0.2]))
-
-
-def test_dino_head_last_layer_is_weight_normalized():
-    torch.manual_seed(0)
-    head = DINOHead(8, 16, 4, 10)
-    r = torch.randn(5, 8)
-    out = head(r)
-    assert out.shape == (5, 10) and out.abs().max() <= 1 + 1e-6  # cosines between unit vectors
-    with torch.no_grad():
-        head.last_layer.weight.mul_(torch.rand(10, 1) * 10 + 0.1)  # rescaling a prototype changes nothing
-    assert torch.allclose(head(r), out, atol=1e-6)
