@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import List, Literal, Sequence, Tuple
@@ -29,8 +30,7 @@ BackboneName = Literal["resnet18", "resnet50", "tiny", "vit_tiny", "vit_small"]
 OptimizerName = Literal["lars", "sgd", "adamw"]
 Precision = Literal["auto", "fp32", "bf16"]
 Tensor = torch.Tensor
-KNN_K, KNN_T = 200, 0.1
-KNN_PROTOCOL = (f"weighted kNN: cosine, k={KNN_K}, T={KNN_T}, backbone features of un-augmented images, train split "
+KNN_PROTOCOL = ("weighted kNN: cosine, k=200, T=0.1, backbone features of un-augmented images, train split "
                 "as memory, test split as queries")
 LINEAR_PROTOCOL = ("offline linear probe: frozen backbone (eval mode), precomputed features of un-augmented images, "
                    "standardized with train statistics; Adam lr 1e-2 cosine, 100 epochs, batch 256, no weight decay")
@@ -40,8 +40,7 @@ FINETUNE_PROTOCOL = ("end-to-end fine-tuning: backbone + linear head on the labe
                      "batch/256, wd 0.05, 10% warmup then cosine, crop 0.2-1 + flip; un-augmented test images")
 
 class UserError(Exception):
-    """What the user can fix (missing data, a bad flag, an unusable checkpoint), or a stop after SIGINT / SIGTERM that
-    saved a checkpoint: one line, then exit `code` (2, or 130 / 143)."""
+    """What the user can fix (missing data, bad flag, unusable checkpoint) or a saved stop: one line, exit `code`."""
 
     def __init__(self, message: str, code: int = 2):
         super().__init__(message)
@@ -70,8 +69,7 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
 def init_distributed(device: str) -> torch.device:
-    """Under torchrun (WORLD_SIZE > 1) join the process group (NCCL on GPUs, gloo on CPU) and return this rank's
-    device, cuda:LOCAL_RANK; in one process, the device asked for."""
+    """Under torchrun: join the process group (NCCL on GPUs, gloo on CPU), return cuda:LOCAL_RANK; alone: `device`."""
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return pick_device(device)
     cuda = torch.cuda.is_available() and device != "cpu"
@@ -84,7 +82,11 @@ def init_distributed(device: str) -> torch.device:
 def gather(x: Tensor) -> Tensor:
     """The global batch: x of every rank concatenated along dim 0 in rank order, WITH gradients (the backward of
     torch.distributed.nn.functional.all_gather sums every rank's gradient into the local slice). Identity alone."""
-    return torch.cat(torch.distributed.nn.functional.all_gather(x.contiguous())) if world_size() > 1 else x
+    if world_size() == 1:
+        return x
+    with warnings.catch_warnings():  # deprecated in torch 2.14 for a private API; still the public gather with gradients
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(torch.distributed.nn.functional.all_gather(x.contiguous()))
 
 def average_gradients(*modules: nn.Module):
     """Between backward and the optimizer step: each gradient becomes its mean over the ranks (one flat all-reduce).
@@ -105,8 +107,7 @@ def any_rank(flag: bool) -> bool:
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 
-def broadcast(obj):
-    """Rank 0's value of a picklable object, on every rank."""
+def broadcast(obj):  # rank 0's value of a picklable object, on every rank
     box = [obj]
     dist.broadcast_object_list(box, src=0) if world_size() > 1 else None
     return box[0]
@@ -118,8 +119,8 @@ IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 SMALL_MAX = 96  # images up to this size are decoded once into a uint8 tensor on the device
 
 def make_synthetic(n: int, seed: int, size: int = 32, num_classes: int = 10):
-    """Ten texture classes (stripes, checkers, rings, squares, blobs, grids...), random phase, position and palette colours:
-    the class is in the spatial structure, which survives the augmentations. Returns uint8 (n, 3, size, size), labels."""
+    """Ten texture classes (stripes, checkers, rings, squares, blobs, grids...), random phase, position and palette
+    colours: the class is in the spatial structure, which survives the augmentations. uint8 (n, 3, S, S), labels."""
     g = torch.Generator().manual_seed(seed)
     y = torch.randperm(n, generator=g) % num_classes
     u = lambda *s: torch.rand(*s, generator=g)  # noqa: E731
@@ -134,7 +135,8 @@ def make_synthetic(n: int, seed: int, size: int = 32, num_classes: int = 10):
     pats = [sin(f * yy + p1), sin(f * xx + p1), sin(f * xx + p1) * sin(f * yy + p2) * 2,
             sin(f * (xx + yy) / 1.41 + p1) + sin(f * (xx - yy) / 1.41 + p2),
             sin(f * ((xx - cx) ** 2 + (yy - cy) ** 2).sqrt() + p1), blobs,
-            sin(f * mx((xx - cx).abs(), (yy - cy).abs()) + p1), (mx(cos(f * xx + p1), cos(f * yy + p2)) > 0.8) * 2.0 - 1,
+            sin(f * mx((xx - cx).abs(), (yy - cy).abs()) + p1),
+            (mx(cos(f * xx + p1), cos(f * yy + p2)) > 0.8) * 2.0 - 1,
             (xx * cos(theta) + yy * sin(theta)) / size * 2, (cos(f * xx + p1) + cos(f * yy + p2) > 1.0) * 2.0 - 1]
     v = torch.sigmoid(2 * torch.stack([p.expand(n, size, size) for p in pats])[y, torch.arange(n)])[:, None]
     # colours from a palette shared by all classes: colour tells neither the class nor the instance
@@ -156,10 +158,10 @@ def _torchvision_split(name, root, split):
         d = getattr(torchvision.datasets, name.upper())(root, train=split == "train", download=True)
         return torch.from_numpy(d.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(d.targets)
     except Exception as e:  # no network, partial download, unreadable files
-        raise _missing(f"{name} ({split} split)", Path(root).resolve(), f" and could not be downloaded ({type(e).__name__})")
+        hint = f" and could not be downloaded ({type(e).__name__})"
+        raise _missing(f"{name} ({split} split)", Path(root).resolve(), hint) from None
 
-def _folder_samples(root: Path):
-    """(path, label) pairs of an ImageFolder layout; also reads Tiny-ImageNet's val/images + val_annotations.txt."""
+def _folder_samples(root: Path):  # (path, label) of an ImageFolder layout, or Tiny-ImageNet's val/val_annotations.txt
     try:
         if (root / "val_annotations.txt").exists():
             classes = sorted(p.name for p in (root.parent / "train").iterdir() if p.is_dir())
@@ -198,14 +200,14 @@ class _Decoded(torch.utils.data.Dataset):
                  T.CenterCrop(self.size)(T.Resize(round(self.size * 8 / 7))(img)))
             x = [T.functional.pil_to_tensor(c) for c in x] if self.mode == "train" else T.functional.pil_to_tensor(x)
             return x, self.samples[j][1], i, j == i
-        return torch.zeros(3, self.size, self.size, dtype=torch.uint8), -1, i, False
+        blank = lambda size: torch.zeros(3, size, size, dtype=torch.uint8)  # noqa: E731
+        return [blank(v.size) for v in self.views] if self.mode == "train" else blank(self.size), -1, i, False
 
 def _loader(dataset, batch_sampler):
     return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=min(8, os.cpu_count() or 1),
                                        pin_memory=torch.cuda.is_available(), worker_init_fn=_quiet_worker)
 
-def _decode_all(samples, size):
-    """Small images decoded once: uint8 (N, 3, size, size) and labels; unreadable files are named and refused."""
+def _decode_all(samples, size):  # small images, decoded once: uint8 (N, 3, size, size), labels; unreadable: refused
     parts = list(_loader(_Decoded(samples, size, "small"), [range(k, min(k + 512, len(samples)))
                                                             for k in range(0, len(samples), 512)]))
     bad = [samples[i][0] for _, _, idx, ok in parts for i in idx[~ok].tolist()]
@@ -241,7 +243,7 @@ class Data:
         consecutive equal shares by rank, so the ranks' shares together are one process's batch i."""
         perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
         b, r = batch_size // world_size(), rank()
-        shares = [perm[i * batch_size + r * b:i * batch_size + (r + 1) * b] for i in range(start, len(self) // batch_size)]
+        shares = [perm[i * batch_size + r * b:][:b] for i in range(start, len(self) // batch_size)]
         if not self.large:
             x, y = self.splits["ssl"]
             yield from ((x[idx], y[idx], idx) for idx in (i.to(self.device) for i in shares))
@@ -254,18 +256,18 @@ class Data:
                       f"({self.unreadable} so far)", file=sys.stderr, flush=True)
             yield [c.to(self.device, non_blocking=True) for c in crops], y.to(self.device), idx.to(self.device)
 
-    def eval_batches(self, split: Literal["train", "test"], batch_size: int = 512):
-        """Un-augmented uint8 images and labels of an evaluation split, in order."""
+    def eval_batches(self, split: Literal["train", "test"], batch_size: int = 512):  # un-augmented, in order
         if not self.large:
             x, y = self.splits[split]
             yield from ((x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size))
             return
-        sampler = [range(i, min(i + batch_size, len(self.files[split]))) for i in range(0, len(self.files[split]), batch_size)]
+        n = len(self.files[split])
+        sampler = [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
         for x, y, _, _ in _loader(_Decoded(self.files[split], self.image_size, "eval"), sampler):
             yield x.to(self.device, non_blocking=True), y.to(self.device)
 
 def load_data(name: str, data_dir: str, seed: int, device) -> Data:
-    """Load a dataset (layouts in the README). Missing or unusable data: UserError naming what, where, what to do."""
+    """Load a dataset (layouts in the README); missing or unusable data: UserError naming what, where, what to do."""
     root, small = Path(data_dir).expanduser(), None
     if name == "synthetic":
         x, y = make_synthetic(5120, seed)
@@ -297,7 +299,7 @@ def load_data(name: str, data_dir: str, seed: int, device) -> Data:
         try:
             size = max(Image.open(train[0][0]).size)
         except OSError as e:
-            raise UserError(f"unreadable image file {train[0][0]} ({type(e).__name__}); remove or replace it.") from None
+            raise UserError(f"unreadable image {train[0][0]} ({type(e).__name__}); remove or replace it.") from None
         if size > SMALL_MAX or name == "imagenet100":
             d = Data(name, len(classes), 224, *IMAGENET_STATS, files={"ssl": train, "train": train, "test": test})
         else:
@@ -310,7 +312,7 @@ def load_data(name: str, data_dir: str, seed: int, device) -> Data:
     d.device = torch.device(device)
     return d
 
-def _stats(x: Tensor):
+def _stats(x: Tensor):  # per-channel mean and std of (up to 10,000) uint8 images
     x = x[:10000].float() / 255
     return tuple(x.mean((0, 2, 3)).tolist()), tuple(x.std((0, 2, 3)).tolist())
 
@@ -429,9 +431,6 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
     y = F.conv2d(F.pad(x.reshape(1, B * C, H, W), (p, p, p, p), mode="reflect"), ker.view(B * C, 1, k, 1), groups=B * C)
     return F.conv2d(y, ker.view(B * C, 1, 1, k), groups=B * C).view(B, C, H, W)
 
-def solarize(x: Tensor) -> Tensor:  # where(x >= 0.5, 1 - x, x), which for 0.5 is min(x, 1 - x) (faster on CPU)
-    return torch.minimum(x, 1 - x)
-
 def color_jitter(x: Tensor, b: float, c: float, s: float, h: float, p: float, g: torch.Generator, shard=(0, 1),
                  return_params: bool = False):
     """In place RandomApply([ColorJitter(b, c, s, h)], p) with per-sample factors and op order. Pass k applies op
@@ -479,7 +478,7 @@ class Augment:
             k, sigma = max(3, int(0.1 * v.size) // 2 * 2 + 1), _rand(B, g, *v.blur_sigma, sh)
             _apply(y, _rand(B, g, shard=sh) < v.blur_p, lambda z, sg: gaussian_blur(z, sg, k), sigma)
         if v.solarize_p > 0:
-            _apply(y, _rand(B, g, shard=sh) < v.solarize_p, solarize)
+            _apply(y, _rand(B, g, shard=sh) < v.solarize_p, lambda z: torch.minimum(z, 1 - z))  # where(z >= .5, 1-z, z)
         if v.flip_p > 0:
             _apply(y, _rand(B, g, shard=sh) < v.flip_p, lambda z: z.flip(-1))
         y = y.sub_(self.mean.to(y.device)).mul_(self.inv_std.to(y.device))
@@ -492,11 +491,12 @@ class TinyResNet(nn.Module):
     def __init__(self, widths=(16, 32, 64, 128)):
         super().__init__()
         from torchvision.models.resnet import BasicBlock
-        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(True))
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
         layers, cin = [], widths[0]
         for i, w in enumerate(widths):
             s = 1 if i == 0 else 2
-            down = None if s == 1 and cin == w else nn.Sequential(nn.Conv2d(cin, w, 1, s, bias=False), nn.BatchNorm2d(w))
+            down = None if s == 1 and cin == w else nn.Sequential(nn.Conv2d(cin, w, 1, s, bias=False),
+                                                                  nn.BatchNorm2d(w))
             layers.append(BasicBlock(cin, w, s, down))
             cin = w
         self.layers = nn.Sequential(*layers)
@@ -611,7 +611,7 @@ def make_optimizer(name: str, groups, lr: float, momentum: float = 0.9, betas=(0
     return torch.optim.SGD(groups, lr=lr, momentum=momentum) if name == "sgd" else torch.optim.AdamW(groups, lr, betas)
 
 def warmup_cosine(step: int, total: int, warmup: int, start: float = 3e-5 / 0.4, end: float = 0.0) -> float:
-    """Multiplier of the base lr at `step`: linear warmup from `start` to 1 over `warmup` steps, then cosine to `end`."""
+    """Multiplier of the base lr at `step`: linear warmup from `start` to 1 over `warmup` steps, cosine to `end`."""
     if step < warmup:
         return start + (1 - start) * step / max(1, warmup)
     return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
@@ -629,17 +629,6 @@ def extract_features(net: nn.Module, data: Data, split: str, normalize, batch_si
     feats, labels = zip(*[(net.eval()(normalize(x)).float(), y) for x, y in data.eval_batches(split, batch_size)])
     net.train(was_training)
     return torch.cat(feats), torch.cat(labels)
-
-@torch.no_grad()
-def knn_top1(train_f, train_y, test_f, test_y, num_classes, k=KNN_K, T=KNN_T, chunk=1024) -> float:
-    """Weighted kNN (Wu et al. 2018): cosine similarity, top-k neighbours vote with weight exp(sim / T)."""
-    train_f, test_f = F.normalize(train_f, dim=1), F.normalize(test_f, dim=1)
-    k, correct = min(k, len(train_f)), 0
-    for i in range(0, len(test_f), chunk):
-        sim, idx = (test_f[i:i + chunk] @ train_f.T).topk(k, dim=1)
-        votes = torch.zeros(len(sim), num_classes, device=sim.device).scatter_add_(1, train_y[idx], (sim / T).exp())
-        correct += (votes.argmax(1) == test_y[i:i + chunk]).sum().item()
-    return 100.0 * correct / len(test_f)
 
 def linear_probe(backbone: nn.Module, train_f, train_y, test_f, test_y, num_classes, epochs=100, batch_size=256,
                  seed=0) -> float:
@@ -666,7 +655,7 @@ def linear_probe(backbone: nn.Module, train_f, train_y, test_f, test_y, num_clas
     assert len(params) == 2 and [tuple(p.shape) for p in params] == [(num_classes, train_f.shape[1]), (num_classes,)]
     assert all(p.grad is g0 for p, g0 in zip(backbone.parameters(), grads)), "linear probe: backbone got gradients"
     after = backbone.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before), "linear probe: backbone weights or BN statistics changed"
+    assert all(torch.equal(before[k], after[k]) for k in before), "linear probe: backbone weights or BN stats changed"
     with torch.no_grad():
         return 100.0 * (clf(test_f).argmax(1) == test_y).float().mean().item()
 
@@ -721,14 +710,6 @@ def finetune(backbone: nn.Module, feat_dim: int, data: Data, normalize, autocast
 CKPT_FORMAT = "cleanssl-checkpoint-1"
 FIXED_FLAGS = ("dataset", "backbone", "patch_size", "optimizer", "batch_size", "seed", "exp_name")  # define a run
 
-def seed_everything(seed: int, deterministic: bool):
-    np.random.seed(seed), torch.manual_seed(seed)
-    torch.backends.cudnn.benchmark = not deterministic
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not deterministic
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -738,13 +719,6 @@ def pick_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise UserError(f"--device {name}: not a device (auto, cpu, cuda, cuda:1, ...).") from None
-
-def rng_states() -> dict:  # torch's global RNGs (the augmentation is reseeded every step; nothing uses numpy's)
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-def set_rng_states(s: dict):
-    torch.set_rng_state(s["torch"])
-    torch.cuda.set_rng_state_all(s["cuda"]) if s["cuda"] and len(s["cuda"]) == torch.cuda.device_count() else None
 
 def save_checkpoint(path: Path, state: dict):
     """torch.save to a temporary file of this process, then an atomic rename: a crash or a full disk never leaves half
@@ -797,17 +771,22 @@ class Run:
 
     def __init__(self, args, method: str):
         self.args, self.method, self.t0, a = args, method, time.time(), args
-        low = dict(epochs=1, batch_size=2, lr=1e-12, weight_decay=0, warmup_epochs=0, max_steps=0, eval_every=0, mi_every=0,
-                   save_every=0, save_every_minutes=0, patch_size=0, finetune_epochs=0)  # the smallest valid values
+        low = dict(epochs=1, batch_size=2, lr=1e-12, weight_decay=0, warmup_epochs=0, max_steps=0, eval_every=0,
+                   mi_every=0, save_every=0, save_every_minutes=0, patch_size=0, finetune_epochs=0)  # smallest valid
         for flag in (f for f, lo in low.items() if getattr(a, f) < lo):
             raise UserError(f"--{flag.replace('_', '-')} {getattr(a, flag)} is out of range (at least {low[flag]:g}).")
         self.device = init_distributed(a.device)
         self.rank, self.world, self.main = rank(), world_size(), rank() == 0
         if a.batch_size % self.world:
-            raise UserError(f"--batch-size {a.batch_size} (the global batch) is not divisible by {self.world} processes.")
+            raise UserError(f"--batch-size {a.batch_size} (global) is not a multiple of the {self.world} processes.")
         if a.sync_bn and self.world > 1 and self.device.type != "cuda":
             raise UserError("--sync-bn needs GPUs (SyncBatchNorm refuses CPU tensors); add --no-sync-bn on CPU.")
-        seed_everything(a.seed, a.deterministic)
+        np.random.seed(a.seed), torch.manual_seed(a.seed)  # the same initial weights on every rank
+        torch.backends.cudnn.benchmark = torch.backends.cuda.matmul.allow_tf32 = not a.deterministic
+        torch.backends.cudnn.allow_tf32 = not a.deterministic
+        if a.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
         self.ckpt = load_checkpoint(a.resume, method, a) if a.resume else None
         self.dir = self._choose_dir()
         self.data = load_data(a.dataset, a.data_dir, a.seed, self.device)
@@ -848,16 +827,19 @@ class Run:
             if a.run_dir and Path(a.run_dir).resolve() != Path(a.resume).parent.resolve():
                 raise UserError(f"--run-dir {a.run_dir}: a resumed run stays in {Path(a.resume).parent}.")
             return Path(a.resume).parent
-        if a.run_dir and Path(a.run_dir).exists():
-            raise UserError(f"--run-dir {a.run_dir} exists; a run directory is reused only by --resume DIR/last.pt.")
         stamp = f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(t))}.{int(t % 1 * 1e6):06d}-{os.getpid()}"
-        d = Path(a.run_dir or broadcast(f"runs/{a.dataset}__{a.exp_name or self.method}__{a.seed}__{stamp}"))
-        try:  # fail now, not after loading the data: can the parent hold a new directory?
-            if self.main:
+        d, err = Path(a.run_dir or f"runs/{a.dataset}__{a.exp_name or self.method}__{a.seed}__{stamp}"), None
+        if self.main and a.run_dir and d.exists():
+            err = f"--run-dir {d} exists; a run directory is reused only by --resume {d / 'last.pt'}."
+        elif self.main:  # fail now, not after loading the data: can the parent hold a new directory?
+            try:
                 d.parent.mkdir(parents=True, exist_ok=True)
                 assert os.access(d.parent, os.W_OK), "not writable"
-        except (OSError, AssertionError) as e:
-            raise UserError(f"cannot create the run directory {d} ({type(e).__name__}: {e}).") from None
+            except (OSError, AssertionError) as e:
+                err = f"cannot create the run directory {d} ({type(e).__name__}: {e})."
+        d, err = broadcast((d, err))  # rank 0's name and verdict
+        if err:
+            raise UserError(err)
         return d
 
     def normalize(self, x: Tensor) -> Tensor:
@@ -871,7 +853,7 @@ class Run:
         are measured all run long, and a grid of images with their views for tensorboard (images/views)."""
         self.views, d = views, self.data
         x, xs = next(d.eval_batches("test", 256))[0], next(d.eval_batches("train", 8))[0]
-        fixed = Augment(views[:2], d.mean, d.std, self.channels_last)  # the same on every rank
+        fixed = Augment((views * 2)[:2], d.mean, d.std, self.channels_last)  # the same on every rank; 1 view: 2 draws
         self.fixed_pair = fixed(x, torch.Generator(self.device).manual_seed(12345))
         grid = [self.normalize(xs)] + Augment(views, d.mean, d.std)(xs, torch.Generator(self.device).manual_seed(0))
         mean, std = (torch.tensor(s, device=xs.device).view(1, 3, 1, 1) for s in (d.mean, d.std))
@@ -882,7 +864,7 @@ class Run:
     def prepare(self, model: nn.Module) -> nn.Module:
         """To the device (channels_last for conv nets), SyncBatchNorm across processes with --sync-bn, torch.compile of
         the backbone(s) with --compile; in place."""
-        model = model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+        model = model.to(self.device, memory_format=torch.channels_last if self.channels_last else None)
         if self.args.sync_bn and self.world > 1:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         for m in model.modules() if self.args.compile else []:
@@ -932,7 +914,9 @@ class Run:
         self.step_count, self.start_epoch, self.start_batch = s["step"], s["epoch"], s["batch_in_epoch"]
         if self.start_batch >= self.steps_per_epoch:
             self.start_epoch, self.start_batch = self.start_epoch + 1, 0
-        set_rng_states(s["rng"])
+        torch.set_rng_state(s["rng"]["torch"])  # the augmentation and masks are reseeded every step; this is the rest
+        if s["rng"]["cuda"] and len(s["rng"]["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(s["rng"]["cuda"])
         self.last_ckpt, changes = Path(a.resume), ", ".join(f"--{k.replace('_', '-')} {o} -> {n}"
                                                             for k, (o, n) in s["changed"].items())
         self.print(f"resumed from {a.resume} at step {self.step_count} (epoch {self.start_epoch + 1}, batch "
@@ -1017,8 +1001,7 @@ class Run:
         """Write pending scalars, stop if a loss is not finite (on every rank), print the progress line (~10 s)."""
         flat = [(step, k, v) for step, s in self._pending for k, v in s.items()]
         vals = torch.stack([v.to(self.device) for _, _, v in flat]).tolist() if flat else []
-        bad = next(((k, v, st) for (st, k, _), v in zip(flat, vals) if k.startswith("losses/") and not math.isfinite(v)),
-                   None)
+        bad = next(((k, v, t) for (t, k, _), v in zip(flat, vals) if k[:7] == "losses/" and not math.isfinite(v)), None)
         if any_rank(bad is not None):
             k, v, step = bad or ("a loss of another rank", "not finite", "?")
             raise UserError(f"{k} is {v} at step {step}: training diverged. Last good checkpoint: "
@@ -1077,9 +1060,10 @@ class Run:
         modes, a = self._eval_mode(), self.args
         for name, (backbone, project) in self.backbones.items():
             with self.autocast():
-                (trf, trl), (tef, tel) = (extract_features(backbone, self.data, s, self.normalize) for s in ("train", "test"))
+                (trf, trl), (tef, tel) = (extract_features(backbone, self.data, s, self.normalize) for s in ("train",
+                                                                                                             "test"))
             tag = "" if name == "main" else f"_{name}"
-            knn = knn_top1(trf, trl, tef, tel, self.data.num_classes)
+            knn = estimators.knn_top1(trf, trl, tef, tel, self.data.num_classes)
             self._scalar("eval/knn_top1" + tag, knn)
             self.results[f"knn_top1{tag}"] = knn
             if name == "main":
@@ -1121,7 +1105,8 @@ class Run:
                 "format": CKPT_FORMAT, "method": self.method, "model": self.model.state_dict(),
                 "optimizers": [o.state_dict() for o in self.optimizers], "probe": self.probe.state_dict(),
                 "probe_opt": self.probe.opt.state_dict(), "step": self.step_count, "epoch": self.epoch,
-                "batch_in_epoch": self.batch_in_epoch, "world_size": self.world, "rng": rng_states(),
+                "batch_in_epoch": self.batch_in_epoch, "world_size": self.world, "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
                 "args": dataclasses.asdict(self.args)})
         self.last_ckpt, self._saved = self.dir / "last.pt", time.time()
 
@@ -1142,7 +1127,8 @@ class Run:
             self._scalar("eval/finetune_top1", ft)
             self.results["finetune_top1"] = ft
             self.print(f"[main] fine-tune top-1 {ft:.2f} after {a.finetune_epochs} epoch(s)   ({FINETUNE_PROTOCOL})")
-        self.results.update(method=self.method, dataset=a.dataset, backbone=a.backbone, seed=a.seed, steps=self.step_count,
+        self.results.update(method=self.method, dataset=a.dataset, backbone=a.backbone, seed=a.seed,
+                            steps=self.step_count,
                             epochs=self.epoch + 1, minutes=(time.time() - self.t0) / 60, processes=self.world,
                             views_per_image=len(self.views))
         if self.main:

@@ -219,6 +219,20 @@ def alignment(x, y, alpha=2.0):
     return float((xn - yn).norm(dim=1).pow(alpha).mean())
 
 
+# ---------------------------------------------------------------- evaluation
+@torch.no_grad()
+def knn_top1(train_f, train_y, test_f, test_y, num_classes, k=200, T=0.1, chunk=1024) -> float:
+    """kNN top-1 (%) of test features against train features, weighted as Wu et al. 2018 (instance discrimination):
+    cosine similarity, the top-k neighbours vote for their label with weight exp(sim / T)."""
+    train_f, test_f = F.normalize(train_f, dim=1), F.normalize(test_f, dim=1)
+    k, correct = min(k, len(train_f)), 0
+    for i in range(0, len(test_f), chunk):
+        sim, idx = (test_f[i:i + chunk] @ train_f.T).topk(k, dim=1)
+        votes = torch.zeros(len(sim), num_classes, device=sim.device).scatter_add_(1, train_y[idx], (sim / T).exp())
+        correct += (votes.argmax(1) == test_y[i:i + chunk]).sum().item()
+    return 100.0 * correct / len(test_f)
+
+
 # ------------------------------------------------- what the training scripts log
 def mi_estimates(z1, z2):
     """cos-DV, InfoNCE and JSD estimates (nats) between paired embeddings (N, D), cosine critic at T=MI_TEMPERATURE."""

@@ -6,6 +6,7 @@
 #   bash run_all.sh                                # the MI paper's grid: 8 methods x 4 datasets x 3 seeds (GPU-days)
 #   bash run_all.sh --methods "sdmi jmi" --datasets cifar10 --seeds "0 1 2"
 #   bash run_all.sh --set adadim                   # AdaDim and its comparison set instead of the MI paper's set
+#   bash run_all.sh --set vit --datasets cifar10   # the ViT family: DINO (ViT), iBOT, MAE
 #   bash run_all.sh --quick                        # every method a few minutes on CPU: tiny backbone, CIFAR-10 copy
 #   bash run_all.sh --table                        # only rebuild the table from finished runs
 #   bash run_all.sh bench [benchmark.py flags]     # throughput benchmark (see benchmark.py --help)
@@ -27,6 +28,7 @@ if [ "${1:-}" = bench ]; then shift; exec "$PY" "$HERE/benchmark.py" "$@"; fi
 
 MI_SET="sdmi jmi simclr byol simsiam moco_v3 barlow_twins vicreg"
 ADADIM_SET="adadim simclr vicreg nnclr moco_v2 swav deepcluster_v2 dino byol moco_v3 barlow_twins"
+VIT_SET="dino_vit ibot mae"
 METHODS=$MI_SET; DATASETS="cifar10 cifar100 tinyimagenet imagenet100"; SEEDS="0 1 2"
 DRY=0; QUICK=0; TABLE_ONLY=0; EXTRA=(); SET_DATASETS=0; SET_SEEDS=0; FAILED=0
 die() { echo "error: $*" >&2; exit 2; }
@@ -38,8 +40,9 @@ while [ $# -gt 0 ]; do
     --methods) [ $# -ge 2 ] || die "--methods needs a value"; METHODS=$2; shift ;;
     --datasets) [ $# -ge 2 ] || die "--datasets needs a value"; DATASETS=$2; SET_DATASETS=1; shift ;;
     --seeds) [ $# -ge 2 ] || die "--seeds needs a value"; SEEDS=$2; SET_SEEDS=1; shift ;;
-    --set) [ $# -ge 2 ] || die "--set needs mi or adadim"
-           case "$2" in mi) METHODS=$MI_SET ;; adadim) METHODS=$ADADIM_SET ;; *) die "--set is mi or adadim" ;; esac; shift ;;
+    --set) [ $# -ge 2 ] || die "--set needs mi, adadim or vit"
+           case "$2" in mi) METHODS=$MI_SET ;; adadim) METHODS=$ADADIM_SET ;; vit) METHODS=$VIT_SET ;;
+                        *) die "--set is mi, adadim or vit" ;; esac; shift ;;
     --) shift; EXTRA=("$@"); break ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see bash run_all.sh --help)" ;;
@@ -82,8 +85,10 @@ data_dir() {
 if [ $TABLE_ONLY = 0 ]; then
   for d in $DATASETS; do for m in $METHODS; do for s in $SEEDS; do
     ep=(); [ $QUICK = 1 ] && { [ "$d" = synthetic ] && ep=(--epochs 10) || ep=(--epochs 1); }
+    common=("${COMMON[@]}")  # --quick: the ViT methods take vit_tiny with 8-px patches instead of the tiny ResNet
+    case " $VIT_SET " in *" $m "*) [ $QUICK = 1 ] && common=("${COMMON[@]/tiny/vit_tiny}" --patch-size 8) ;; esac
     cmd=("$PY" "$HERE/methods/$m.py" --dataset "$d" --data-dir "$(data_dir "$d")" --seed "$s" --exp-name "${TAG}_$m"
-         "${ep[@]}" "${COMMON[@]}" "${EXTRA[@]}")
+         "${ep[@]}" "${common[@]}" "${EXTRA[@]}")
     echo "${cmd[*]}"
     if [ $DRY = 0 ]; then
       "${cmd[@]}" || { echo "run_all: FAILED (exit $?): ${cmd[*]}" >&2; FAILED=$((FAILED + 1)); }

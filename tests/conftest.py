@@ -17,6 +17,22 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "methods"))
 import common  # noqa: E402
 
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true", help="also run the tests marked full (what CI leaves out for time)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "full: slower repeats of a CI test for more methods; run with pytest --full")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--full"):
+        skip = pytest.mark.skip(reason="part of the full suite: pytest --full")
+        for item in items:
+            if "full" in item.keywords:
+                item.add_marker(skip)
+
+
 # a few CPU seconds: tiny backbone, synthetic data, no periodic evaluation or checkpoints unless a test asks
 TINY = ("--dataset", "synthetic", "--backbone", "tiny", "--batch-size", "32", "--epochs", "2", "--warmup-epochs", "1",
         "--eval-every", "0", "--mi-every", "0", "--save-every", "0", "--save-every-minutes", "0", "--device", "cpu")
@@ -79,6 +95,27 @@ def train(tmp_path, monkeypatch):
         run = seen["run"]
         results = run.dir / "results.json"
         return Trained(run, seen["before"], run.dir, json.loads(results.read_text()) if results.exists() else {})
+
+    return go
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch, capsys):
+    """cli(module, *flags) -> (exit code, stdout, stderr): the script's command line (common.cli, as its __main__ runs
+    it) in this process, in tmp_path. An exception that common.cli lets through (a traceback) fails the test."""
+
+    def go(module, *flags):
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setattr(sys, "argv", [module.__file__, *map(str, flags)])
+        code = 0
+        try:
+            common.cli(module.main, module.Args)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler), signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        out = capsys.readouterr()
+        return code, out.out, out.err
 
     return go
 

@@ -8,6 +8,7 @@ import torch.nn as nn
 from PIL import Image
 
 import common
+import estimators
 
 
 def test_lars_step_matches_hand_computation():
@@ -68,9 +69,9 @@ def test_knn_and_linear_probe_on_separable_features():
     g = torch.Generator().manual_seed(0)
     y = torch.arange(600) % 3
     f = nn.functional.one_hot(y, 3).float() * 3 + 0.3 * torch.randn(600, 3, generator=g)
-    assert common.knn_top1(f[:500], y[:500], f[500:], y[500:], 3) == 100.0
+    assert estimators.knn_top1(f[:500], y[:500], f[500:], y[500:], 3) == 100.0
     noise = torch.randn(600, 3, generator=g)  # features unrelated to the labels: about chance
-    assert common.knn_top1(noise[:500], y[:500], noise[500:], y[500:], 3) < 55
+    assert estimators.knn_top1(noise[:500], y[:500], noise[500:], y[500:], 3) < 55
     backbone = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
     assert common.linear_probe(backbone, f[:500], y[:500], f[500:], y[500:], 3) == 100.0
 
@@ -85,7 +86,7 @@ def test_linear_probe_refuses_a_changed_backbone(monkeypatch):
         return real_adam(params, lr=lr)
 
     monkeypatch.setattr(torch.optim, "Adam", sneaky_adam)
-    with pytest.raises(AssertionError, match="BN statistics"):
+    with pytest.raises(AssertionError, match="BN stats"):
         common.linear_probe(backbone, f, y, f, y, 2, epochs=1)
 
 

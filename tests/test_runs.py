@@ -8,6 +8,7 @@ import adadim
 import barlow_twins
 import byol
 import common
+import estimators
 import deepcluster_v2
 import dino
 import jmi
@@ -82,13 +83,13 @@ def test_resume_is_exact_with_queues_memories_centers_and_alpha(train, module, s
 
 def random_init_knn(seed: int) -> float:
     """kNN top-1 of the tiny backbone at random init (eval mode), same data and protocol as the scripts' final kNN."""
-    common.seed_everything(seed, False)
+    torch.manual_seed(seed)
     data = common.load_data("synthetic", "", seed=0, device=torch.device("cpu"))
     backbone, _ = common.build_backbone("tiny", data.image_size)
     mean, std = (torch.tensor(s).view(1, 3, 1, 1) for s in (data.mean, data.std))
     norm = lambda x: (x.float() / 255 - mean) / std  # noqa: E731
     (trf, trl), (tef, tel) = (common.extract_features(backbone, data, s, norm) for s in ("train", "test"))
-    return common.knn_top1(trf, trl, tef, tel, data.num_classes)
+    return estimators.knn_top1(trf, trl, tef, tel, data.num_classes)
 
 
 def test_simclr_learns(train):

@@ -1,0 +1,241 @@
+"""Nothing lost: every bad input is one line and a non-zero exit with nothing half-written; checkpoints load with
+weights_only=True, refuse what does not fit and honour what may change; a non-finite state is never saved; SIGTERM
+saves and SIGKILL loses at most the last checkpoint interval, and --resume then ends bit-identical to an
+uninterrupted run; two runs started together get two run directories."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import common
+import moco_v2
+import simclr
+import swav
+from conftest import ROOT, TINY, run_script
+
+
+def one_error_line(code, err, *words):
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    assert all(w in lines[0] for w in words), (lines[0], words)
+    return lines[0]
+
+
+def no_run_dir(tmp_path):
+    runs = tmp_path / "runs"
+    return not runs.exists() or not any(runs.iterdir())
+
+
+# --------------------------------------------------------------------------------------------------- bad flags
+@pytest.mark.parametrize("flags,words", [(["--lr", -0.1], ["--lr", "-0.1"]), (["--max-steps", -1], ["--max-steps"]),
+                                         (["--batch-size", 1], ["--batch-size"]), (["--epochs", 0], ["--epochs"]),
+                                         (["--device", "tpu9"], ["--device", "tpu9"]),
+                                         (["--batch-size", 8192], ["--batch-size", "4096"])])
+def test_bad_numbers_are_one_line(cli, tmp_path, flags, words):
+    one_error_line(*cli(simclr, *TINY, *flags)[::2], *words)
+    assert no_run_dir(tmp_path)
+
+
+def test_a_typo_in_a_choice_is_refused_without_traceback(tmp_path):
+    res = run_script("methods/simclr.py", "--dataset", "cifar11", cwd=tmp_path)
+    assert res.returncode != 0 and "Traceback" not in res.stderr and "cifar11" in res.stderr
+
+
+def test_missing_cifar_is_one_line(tmp_path):
+    res = run_script("methods/simclr.py", "--dataset", "cifar10", "--data-dir", tmp_path / "empty", "--backbone", "tiny",
+                     cwd=tmp_path)
+    line = one_error_line(res.returncode, res.stderr, "--dataset synthetic", "--dataset imagefolder")
+    assert "cifar10" in line and no_run_dir(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------------------- data
+def _folder(root, size, n=6, corrupt=None):
+    rng = np.random.default_rng(0)
+    for split, k in (("train", n), ("val", 2)):
+        for c in ("cat", "dog"):
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(k):
+                Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / split / c / f"{i}.jpg")
+    if corrupt:
+        data = (root / "train" / "dog" / "1.jpg").read_bytes()
+        (root / "train" / "dog" / "1.jpg").write_bytes(data[:len(data) // 3])  # truncated
+    return root
+
+
+def test_an_image_folder_without_images_is_one_line(cli, tmp_path):
+    for split in ("train/cat", "val/cat"):
+        (tmp_path / "data" / split).mkdir(parents=True)
+    line = one_error_line(*cli(simclr, *TINY, "--dataset", "imagefolder", "--data-dir", tmp_path / "data")[::2])
+    assert "no images" in line and no_run_dir(tmp_path)
+
+
+def test_a_corrupt_image_of_a_decoded_once_folder_is_named_up_front(cli, tmp_path):
+    _folder(tmp_path / "data", 32, corrupt=True)
+    line = one_error_line(*cli(simclr, *TINY, "--dataset", "imagefolder", "--data-dir", tmp_path / "data")[::2])
+    assert "dog/1.jpg" in line and no_run_dir(tmp_path)
+
+
+def test_a_corrupt_image_of_a_streamed_folder_is_replaced_and_counted(cli, tmp_path):
+    _folder(tmp_path / "data", 100, corrupt=True)  # > 96 px: decoded by DataLoader workers while training
+    code, out, err = cli(simclr, *TINY, "--dataset", "imagefolder", "--data-dir", tmp_path / "data", "--batch-size", 4,
+                         "--epochs", 1, "--proj-hidden-dim", 32)
+    assert code == 0, err
+    assert "warning: unreadable image" in err and "dog/1.jpg" in err and "kNN top-1" in out
+
+
+def test_a_medmnist_path_that_is_not_an_npz_is_one_line(cli, tmp_path):
+    (tmp_path / "notes.txt").write_text("not an npz")
+    line = one_error_line(*cli(simclr, *TINY, "--dataset", "medmnist", "--data-dir", tmp_path / "notes.txt")[::2])
+    assert "notes.txt" in line and no_run_dir(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- run directories
+def test_run_directories(cli, tmp_path):
+    (tmp_path / "taken").mkdir()
+    line = one_error_line(*cli(simclr, *TINY, "--run-dir", tmp_path / "taken")[::2], "--run-dir", "--resume")
+    assert not any((tmp_path / "taken").iterdir())
+    (tmp_path / "runs").write_text("a file where runs/ should be")
+    one_error_line(*cli(simclr, *TINY)[::2], "run directory")
+    one_error_line(*cli(simclr, *TINY, "--run-dir", "/proc/cleanssl/x")[::2], "run directory")
+
+
+def test_two_identical_commands_started_together_get_two_run_directories(tmp_path):
+    cmd = [sys.executable, str(ROOT / "methods/simclr.py"), *TINY, "--max-steps", 2, "--save-every", 1]
+    procs = [subprocess.Popen(list(map(str, cmd)), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    dirs = list((tmp_path / "runs").iterdir())
+    assert len(dirs) == 2 and all((d / "last.pt").exists() and (d / "backbone.pt").exists() for d in dirs)
+
+
+# -------------------------------------------------------------------------------------------------- checkpoints
+@pytest.fixture
+def checkpoint(train):
+    """A SimCLR checkpoint after 3 steps of batch 32 (small heads), and the flags that made it."""
+    flags = [*TINY, "--max-steps", 3, "--save-every", 1, "--proj-hidden-dim", 64, "--proj-output-dim", 32]
+    return train(simclr, *flags, images=256).dir / "last.pt", flags
+
+
+def test_checkpoints_hold_only_tensors_and_plain_values(checkpoint):
+    state = torch.load(checkpoint[0], weights_only=True)  # would raise on any other pickled object
+    assert state["format"] == common.CKPT_FORMAT and state["step"] == 3
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "foreign", "pickled code", "backbone.pt", "missing"])
+def test_an_unusable_checkpoint_is_one_line(cli, checkpoint, tmp_path, damage):
+    path, flags = checkpoint
+    bad = tmp_path / "bad.pt"
+    if damage == "empty":
+        bad.write_bytes(b"")
+    elif damage == "truncated":
+        bad.write_bytes(path.read_bytes()[:5000])
+    elif damage == "foreign":
+        torch.save({"weights": torch.zeros(3)}, bad)
+    elif damage == "pickled code":
+        torch.save({"format": common.CKPT_FORMAT, "payload": os.system}, bad)  # a callable: weights_only refuses it
+    elif damage == "backbone.pt":
+        bad = path.parent / "backbone.pt"
+    before = sorted(p.name for p in path.parent.iterdir())
+    line = one_error_line(*cli(simclr, *flags, "--resume", bad)[::2], "--resume")
+    assert sorted(p.name for p in path.parent.iterdir()) == before  # no event file in the run directory
+
+
+@pytest.mark.parametrize("flags,words", [(["--backbone", "resnet18"], ["--backbone tiny (now resnet18)"]),
+                                         (["--optimizer", "sgd"], ["--optimizer lars (now sgd)"]),
+                                         (["--seed", 1], ["--seed 0 (now 1)"]),
+                                         (["--proj-output-dim", 16], ["--proj-output-dim 32 (now 16)"])])
+def test_a_checkpoint_of_another_run_is_refused_naming_the_flag(cli, checkpoint, flags, words):
+    path, base = checkpoint
+    before = sorted(p.name for p in path.parent.iterdir())
+    one_error_line(*cli(simclr, *base, *flags, "--resume", path)[::2], *words)
+    assert sorted(p.name for p in path.parent.iterdir()) == before
+
+
+def test_a_checkpoint_of_another_method_is_refused(cli, checkpoint):
+    path, base = checkpoint
+    one_error_line(*cli(swav, *base, "--resume", path)[::2], "simclr checkpoint", "methods/simclr.py")
+
+
+def test_resume_honours_and_prints_a_changed_lr_and_cleans_stale_temporary_files(train, capsys, checkpoint):
+    path, base = checkpoint
+    (path.parent / "last.pt.99999.tmp").write_bytes(b"half a checkpoint of a killed process")
+    t = train(simclr, *base, "--max-steps", 4, "--lr", 0.2, "--resume", path, images=256)
+    out = capsys.readouterr().out
+    assert "honoured changes" in out and "--lr 0.4 -> 0.2" in out and "--max-steps 3 -> 4" in out
+    assert all(g["base_lr"] == pytest.approx(0.2 * 32 / 256) for g in t.run.optimizers[0].param_groups)
+    assert not list(path.parent.glob("*.tmp")) and torch.load(path, weights_only=True)["step"] == 4
+
+
+def test_a_non_finite_state_is_never_saved(train, checkpoint):
+    path, base = checkpoint
+    t = train(simclr, *base, "--max-steps", 4, "--resume", path, images=256)
+    good = torch.load(path, weights_only=True)
+    t.run.model.backbone.stem[1].running_var[0] = float("inf")  # the loss can stay finite while BN statistics blow up
+    with pytest.raises(common.UserError, match="running_var is not finite.*Last good checkpoint"):
+        t.run.save()
+    after = torch.load(path, weights_only=True)
+    assert all(torch.equal(good["model"][k], after["model"][k]) for k in good["model"])
+
+
+def test_a_diverged_run_stops_with_one_line_and_writes_no_checkpoint(tmp_path):
+    res = run_script("methods/simclr.py", *TINY, "--max-steps", 3, "--mi-every", 2, "--save-every", 1,
+                     "--optimizer", "sgd", "--lr", 1e38, cwd=tmp_path)
+    line = one_error_line(res.returncode, res.stderr, "diverged")
+    assert "losses/" in line or "not finite" in line
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert not (run_dir / "last.pt").exists() and not (run_dir / "backbone.pt").exists()
+
+
+# ---------------------------------------------------------------------------------------------- interruptions
+INTERRUPTED = {simclr: [], moco_v2: ["--queue-size", 64], swav: ["--queue-size", 64, "--queue-start-epoch", 0,
+                                                                   "--num-prototypes", 30, "--freeze-prototypes-epochs", 0]}
+
+
+def _straight(tmp_path, module, flags):
+    res = run_script(f"methods/{module.__name__}.py", *flags, "--run-dir", tmp_path / "straight", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return torch.load(tmp_path / "straight" / "backbone.pt", weights_only=True)
+
+
+def _interrupt(tmp_path, module, flags, sig, name):
+    """Start the run, wait for its first checkpoint by time (so it is training), then send `sig`."""
+    cmd = [sys.executable, str(ROOT / f"methods/{module.__name__}.py"), *map(str, flags), "--run-dir", tmp_path / name,
+           "--save-every-minutes", 0.004]
+    p = subprocess.Popen(list(map(str, cmd)), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    t0 = time.time()
+    while not (tmp_path / name / "last.pt").exists() and p.poll() is None and time.time() - t0 < 120:
+        time.sleep(0.05)
+    time.sleep(float(np.random.default_rng(int(t0)).uniform(0, 0.3)))  # a random step after it
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=300)
+    return p.returncode, out, err
+
+
+@pytest.mark.parametrize("module", [simclr, pytest.param(moco_v2, marks=pytest.mark.full),
+                                    pytest.param(swav, marks=pytest.mark.full)], ids=lambda m: m.__name__)
+def test_sigterm_and_sigkill_then_resume_end_identical_to_an_uninterrupted_run(tmp_path, module):
+    flags = [*TINY, "--epochs", 1, "--max-steps", 40, *INTERRUPTED[module]]  # 128 steps per epoch: stop mid-epoch
+    want = _straight(tmp_path, module, flags)
+    for sig, name in ((signal.SIGTERM, "term"), (signal.SIGKILL, "kill")):
+        code, out, err = _interrupt(tmp_path, module, flags, sig, name)
+        if sig == signal.SIGTERM:
+            lines = [ln for ln in err.splitlines() if ln.strip()]
+            assert code == 143 and len(lines) == 1 and "stopped by SIGTERM" in lines[0], err
+            assert f"--resume {tmp_path / name / 'last.pt'}" in lines[0] and "Traceback" not in err
+        else:
+            assert code == -signal.SIGKILL
+        step = torch.load(tmp_path / name / "last.pt", weights_only=True)["step"]
+        assert 0 < step < 40, step  # it was stopped in the middle of the run
+        res = run_script(f"methods/{module.__name__}.py", *flags, "--resume", tmp_path / name / "last.pt", cwd=tmp_path)
+        assert res.returncode == 0, res.stderr[-2000:]
+        got = torch.load(tmp_path / name / "backbone.pt", weights_only=True)
+        assert all(torch.equal(want[k], got[k]) for k in want), (module.__name__, name, step)
+        assert not list((tmp_path / name).glob("*.tmp"))
