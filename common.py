@@ -30,10 +30,6 @@ BackboneName = Literal["resnet18", "resnet50", "tiny", "vit_tiny", "vit_small"]
 OptimizerName = Literal["lars", "sgd", "adamw"]
 Precision = Literal["auto", "fp32", "bf16"]
 Tensor = torch.Tensor
-KNN_PROTOCOL = ("weighted kNN: cosine, k=200, T=0.1, backbone features of un-augmented images, train split "
-                "as memory, test split as queries")
-LINEAR_PROTOCOL = ("offline linear probe: frozen backbone (eval mode), precomputed features of un-augmented images, "
-                   "standardized with train statistics; Adam lr 1e-2 cosine, 100 epochs, batch 256, no weight decay")
 ONLINE_PROTOCOL = ("online linear probe: trained during SSL on detached backbone features of augmented view 1 "
                    "(SGD lr 0.1, momentum 0.9)")
 FINETUNE_PROTOCOL = ("end-to-end fine-tuning: backbone + linear head on the labelled train images, AdamW lr 5e-4 x "
@@ -41,7 +37,6 @@ FINETUNE_PROTOCOL = ("end-to-end fine-tuning: backbone + linear head on the labe
 
 class UserError(Exception):
     """What the user can fix (missing data, bad flag, unusable checkpoint) or a saved stop: one line, exit `code`."""
-
     def __init__(self, message: str, code: int = 2):
         super().__init__(message)
         self.code = code  # 2, or 128 + the signal
@@ -84,7 +79,7 @@ def gather(x: Tensor) -> Tensor:
     torch.distributed.nn.functional.all_gather sums every rank's gradient into the local slice). Identity alone."""
     if world_size() == 1:
         return x
-    with warnings.catch_warnings():  # deprecated in torch 2.14 for a private API; still the public gather with gradients
+    with warnings.catch_warnings():  # deprecated in torch 2.14 for a private API; still the gather with gradients
         warnings.simplefilter("ignore", FutureWarning)
         return torch.cat(torch.distributed.nn.functional.all_gather(x.contiguous()))
 
@@ -630,35 +625,6 @@ def extract_features(net: nn.Module, data: Data, split: str, normalize, batch_si
     net.train(was_training)
     return torch.cat(feats), torch.cat(labels)
 
-def linear_probe(backbone: nn.Module, train_f, train_y, test_f, test_y, num_classes, epochs=100, batch_size=256,
-                 seed=0) -> float:
-    """Offline linear probe on frozen precomputed features (LINEAR_PROTOCOL). Checks that it trained only its two
-    tensors and that the backbone (weights, BN statistics, gradients) is unchanged afterwards."""
-    before = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
-    grads = [p.grad for p in backbone.parameters()]
-    mu, sd = train_f.mean(0), train_f.std(0) + 1e-6
-    train_f, test_f, g = (train_f - mu) / sd, (test_f - mu) / sd, torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):  # a seeded classifier init, leaving the global RNG untouched
-        torch.manual_seed(seed)
-        clf = nn.Linear(train_f.shape[1], num_classes).to(train_f.device)
-    params = list(clf.parameters())
-    opt = torch.optim.Adam(params, lr=1e-2)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * math.ceil(len(train_f) / batch_size))
-    for _ in range(epochs):
-        perm = torch.randperm(len(train_f), generator=g).to(train_f.device)
-        for i in range(0, len(train_f), batch_size):
-            loss = F.cross_entropy(clf(train_f[perm[i:i + batch_size]]), train_y[perm[i:i + batch_size]])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    assert len(params) == 2 and [tuple(p.shape) for p in params] == [(num_classes, train_f.shape[1]), (num_classes,)]
-    assert all(p.grad is g0 for p, g0 in zip(backbone.parameters(), grads)), "linear probe: backbone got gradients"
-    after = backbone.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before), "linear probe: backbone weights or BN stats changed"
-    with torch.no_grad():
-        return 100.0 * (clf(test_f).argmax(1) == test_y).float().mean().item()
-
 def labelled_cross_entropy(logits: Tensor, y: Tensor):
     """Cross-entropy and top-1 (%) over the labelled samples (y >= 0) of a batch, without a device sync."""
     w = (y >= 0).float()
@@ -1023,16 +989,16 @@ class Run:
                   flush=True)
 
     # -- evaluation
-    def _eval_mode(self):
+    def _eval_mode(self, sync: bool = True):  # sync: rank 0's BN statistics on every rank, as DDP does (a collective)
         modes = [m.training for m in self.model.modules()]
-        self.model.eval()
-        for b in self.model.buffers() if self.world > 1 else []:  # rank 0's BN statistics everywhere, as DDP does
+        for b in self.model.eval().buffers() if sync and self.world > 1 else []:
             dist.broadcast(b, 0)
         return modes
 
     def _restore(self, modes):
         for m, t in zip(self.model.modules(), modes):
             m.training = t
+        self._tick = time.time()
 
     def _metrics(self, backbone, project) -> dict:
         with torch.no_grad(), self.autocast():
@@ -1043,54 +1009,46 @@ class Run:
     def log_representation(self):
         """MI estimates between the two views' embeddings and dimensionality on the fixed held-out pair (rank 0)."""
         if self.main:
-            modes = [m.training for m in self.model.modules()]
-            for name, (backbone, project) in self.model.eval() and self.backbones.items():
+            modes = self._eval_mode(sync=False)
+            for name, (backbone, project) in self.backbones.items():
                 for k, v in self._metrics(backbone, project).items():
                     self.writer.add_scalar(k + ("" if name == "main" else f"_{name}"), v, self.step_count)
             self._restore(modes)
-            self._tick = time.time()
-
-    def _scalar(self, tag: str, value: float):
-        if self.main:
-            self.writer.add_scalar(tag, value, self.step_count)
 
     def evaluate(self, final: bool = False):
         """kNN top-1 of each tracked backbone and the online probe's test top-1; at the end (final) also the linear
-        probe, H(R) and I(R;Z), with their protocols."""
-        modes, a = self._eval_mode(), self.args
+        probe, H(R) and I(R;Z), printed with their protocols."""
+        modes, E, k = self._eval_mode(), estimators, self.data.num_classes
         for name, (backbone, project) in self.backbones.items():
             with self.autocast():
-                (trf, trl), (tef, tel) = (extract_features(backbone, self.data, s, self.normalize) for s in ("train",
-                                                                                                             "test"))
-            tag = "" if name == "main" else f"_{name}"
-            knn = estimators.knn_top1(trf, trl, tef, tel, self.data.num_classes)
-            self._scalar("eval/knn_top1" + tag, knn)
-            self.results[f"knn_top1{tag}"] = knn
-            if name == "main":
-                online = 100.0 * (self.probe.fc(tef).argmax(1) == tel).float().mean().item()
-                self._scalar("eval/online_linear_top1", online)
-                self.results["online_linear_top1"] = online
+                (trf, trl), (tef, tel) = [extract_features(backbone, self.data, s, self.normalize) for s in ("train",
+                                                                                                             "test")]
+            tag, r, main = "" if name == "main" else f"_{name}", {}, name == "main"
+            r["knn_top1"] = E.knn_top1(trf, trl, tef, tel, k)
+            if main:
+                r["online_linear_top1"] = 100.0 * (self.probe.fc(tef).argmax(1) == tel).float().mean().item()
             if not final:
-                self.print(f"  eval epoch {self.epoch + 1}: kNN top-1{tag} {knn:.2f}" +
-                           (f", online linear top-1 {online:.2f}" if name == "main" else ""))
-                continue
-            lin, m = linear_probe(backbone, trf, trl, tef, tel, self.data.num_classes, seed=a.seed), self._metrics(
-                backbone, project)
-            self._scalar("eval/linear_top1" + tag, lin)
-            h, i, dims = m["dim/erank_R"], m["dim/mi_RZ"], min(len(self.fixed_pair[0]), trf.shape[1])
-            self.results.update({f"linear_top1{tag}": lin, f"H_R{tag}": h, f"I_RZ{tag}": i})
-            self.print(f"[{name}] kNN top-1 {knn:.2f}   ({KNN_PROTOCOL})\n[{name}] linear top-1 {lin:.2f}   "
-                       f"({LINEAR_PROTOCOL})\n[{name}] H(R) = effective rank {h:.2f} of {dims}; I(R;Z) = {i:.3f} nats "
-                       f"(matrix Renyi-2, held-out batch); I(R;Z)/H(R) = {i / max(h, 1e-9):.4f}")
-            if name == "main" and self.main:
+                self.print(f"  eval epoch {self.epoch + 1}: kNN top-1{tag} {r['knn_top1']:.2f}" +
+                           (f", online linear top-1 {r['online_linear_top1']:.2f}" if main else ""))
+            else:
+                m = self._metrics(backbone, project)
+                r.update(linear_top1=E.linear_probe(backbone, trf, trl, tef, tel, k, seed=self.args.seed),
+                         H_R=m["dim/erank_R"], I_RZ=m["dim/mi_RZ"])
+                h, i, dims = r["H_R"], r["I_RZ"], min(len(self.fixed_pair[0]), trf.shape[1])
+                self.print(f"[{name}] kNN top-1 {r['knn_top1']:.2f}   ({E.KNN_PROTOCOL})\n[{name}] linear top-1 "
+                           f"{r['linear_top1']:.2f}   ({E.LINEAR_PROTOCOL})\n[{name}] H(R) = effective rank {h:.2f} "
+                           f"of {dims}; I(R;Z) = {i:.3f} nats (matrix Renyi-2, held-out batch); I(R;Z)/H(R) = "
+                           f"{i / max(h, 1e-9):.4f}" + (f"\n[main] online linear top-1 {r['online_linear_top1']:.2f}"
+                                                        f"   ({ONLINE_PROTOCOL})" if main else ""))
+            self.results.update({key + tag: v for key, v in r.items()})
+            if final and main and self.main:  # tensorboard's projector: PCA / t-SNE of test features with labels
                 n = min(2000, len(tef))
-                thumbs = None if self.data.large else (self.data.splits["test"][0][:n].float() / 255).cpu()
+                x = None if self.data.large else (self.data.splits["test"][0][:n].float() / 255).cpu()
                 self.writer.add_embedding(tef[:n].cpu(), metadata=tel[:n].tolist(), global_step=self.step_count,
-                                          label_img=thumbs, tag="backbone_features")
-        if final:
-            self.print(f"[main] online linear top-1 {online:.2f}   ({ONLINE_PROTOCOL})")
+                                          label_img=x, tag="backbone_features")
+            for key in ("knn_top1", "online_linear_top1", "linear_top1") if self.main else ():
+                self.writer.add_scalar(f"eval/{key}{tag}", r[key], self.step_count) if key in r else None
         self._restore(modes)
-        self._tick = time.time()
 
     def save(self):
         """Checkpoint of a finite state (every rank checks, rank 0 writes atomically): model, optimizers, probe, step,

@@ -1,6 +1,6 @@
 """Mutual-information bounds and representation metrics (all values in nats).
 
-Pure functions, no training code.
+Pure functions; the only training is the linear probe's own classifier on frozen features.
 
 * Bounds (``dv_bound``, ``infonce_bound``, ``jsd_bound``, ``nwj_bound``) take an
   (N, N) critic score matrix ``S`` with ``S_ij = T(x_i, y_j)``: positive (joint)
@@ -220,6 +220,12 @@ def alignment(x, y, alpha=2.0):
 
 
 # ---------------------------------------------------------------- evaluation
+KNN_PROTOCOL = ("weighted kNN: cosine, k=200, T=0.1, backbone features of un-augmented images, train split "
+                "as memory, test split as queries")
+LINEAR_PROTOCOL = ("offline linear probe: frozen backbone (eval mode), precomputed features of un-augmented images, "
+                   "standardized with train statistics; Adam lr 1e-2 cosine, 100 epochs, batch 256, no weight decay")
+
+
 @torch.no_grad()
 def knn_top1(train_f, train_y, test_f, test_y, num_classes, k=200, T=0.1, chunk=1024) -> float:
     """kNN top-1 (%) of test features against train features, weighted as Wu et al. 2018 (instance discrimination):
@@ -231,6 +237,36 @@ def knn_top1(train_f, train_y, test_f, test_y, num_classes, k=200, T=0.1, chunk=
         votes = torch.zeros(len(sim), num_classes, device=sim.device).scatter_add_(1, train_y[idx], (sim / T).exp())
         correct += (votes.argmax(1) == test_y[i:i + chunk]).sum().item()
     return 100.0 * correct / len(test_f)
+
+
+def linear_probe(backbone: torch.nn.Module, train_f, train_y, test_f, test_y, num_classes, epochs=100, batch_size=256,
+                 seed=0) -> float:
+    """Offline linear probe on frozen precomputed features (LINEAR_PROTOCOL). Checks that it trained only its two
+    tensors and that the backbone (weights, BN statistics, gradients) is unchanged afterwards."""
+    before = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
+    grads = [p.grad for p in backbone.parameters()]
+    mu, sd = train_f.mean(0), train_f.std(0) + 1e-6
+    train_f, test_f, g = (train_f - mu) / sd, (test_f - mu) / sd, torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # a seeded classifier init, leaving the global RNG untouched
+        torch.manual_seed(seed)
+        clf = torch.nn.Linear(train_f.shape[1], num_classes).to(train_f.device)
+    params = list(clf.parameters())
+    opt = torch.optim.Adam(params, lr=1e-2)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * math.ceil(len(train_f) / batch_size))
+    for _ in range(epochs):
+        perm = torch.randperm(len(train_f), generator=g).to(train_f.device)
+        for i in range(0, len(train_f), batch_size):
+            loss = F.cross_entropy(clf(train_f[perm[i:i + batch_size]]), train_y[perm[i:i + batch_size]])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    assert len(params) == 2 and [tuple(p.shape) for p in params] == [(num_classes, train_f.shape[1]), (num_classes,)]
+    assert all(p.grad is g0 for p, g0 in zip(backbone.parameters(), grads)), "linear probe: backbone got gradients"
+    after = backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "linear probe: backbone weights or BN stats changed"
+    with torch.no_grad():
+        return 100.0 * (clf(test_f).argmax(1) == test_y).float().mean().item()
 
 
 # ------------------------------------------------- what the training scripts log

@@ -1,6 +1,7 @@
 """The one test harness: `train` runs a method's main() in this process exactly as its command line would (tyro parses
 the flags), `run_script` runs a script as a subprocess, where the command line itself is under test."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -40,7 +41,8 @@ TINY = ("--dataset", "synthetic", "--backbone", "tiny", "--batch-size", "32", "-
 
 def run_script(script, *args, cwd, timeout=600, env=None):
     """Run a script as a user would, in `cwd` (its runs/ goes there); returns the CompletedProcess."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"), **(env or {}))
+    threads = os.environ.get("OMP_NUM_THREADS", "2")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads, **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -127,3 +129,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def naive_dino(s, t, c, ts, tt):
+    """Every (teacher global view i, student view v != i, image n) term, one float at a time."""
+    terms = []
+    for i in range(t.shape[0]):
+        for v in range(s.shape[0]):
+            if v == i:
+                continue
+            for n in range(s.shape[1]):
+                tl = [(float(t[i, n, k]) - float(c[k])) / tt for k in range(t.shape[2])]
+                sl = [float(x) / ts for x in s[v, n]]
+                pt = [math.exp(x - max(tl)) / sum(math.exp(y - max(tl)) for y in tl) for x in tl]
+                lse = max(sl) + math.log(sum(math.exp(x - max(sl)) for x in sl))
+                terms.append(-sum(pk * (sk - lse) for pk, sk in zip(pt, sl)))
+    return sum(terms) / len(terms)

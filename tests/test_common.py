@@ -73,7 +73,7 @@ def test_knn_and_linear_probe_on_separable_features():
     noise = torch.randn(600, 3, generator=g)  # features unrelated to the labels: about chance
     assert estimators.knn_top1(noise[:500], y[:500], noise[500:], y[500:], 3) < 55
     backbone = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
-    assert common.linear_probe(backbone, f[:500], y[:500], f[500:], y[500:], 3) == 100.0
+    assert estimators.linear_probe(backbone, f[:500], y[:500], f[500:], y[500:], 3) == 100.0
 
 
 def test_linear_probe_refuses_a_changed_backbone(monkeypatch):
@@ -87,7 +87,7 @@ def test_linear_probe_refuses_a_changed_backbone(monkeypatch):
 
     monkeypatch.setattr(torch.optim, "Adam", sneaky_adam)
     with pytest.raises(AssertionError, match="BN stats"):
-        common.linear_probe(backbone, f, y, f, y, 2, epochs=1)
+        estimators.linear_probe(backbone, f, y, f, y, 2, epochs=1)
 
 
 @pytest.mark.parametrize("name,dim", [("tiny", 128), ("resnet18", 512)])

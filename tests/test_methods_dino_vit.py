@@ -14,7 +14,7 @@ import torchvision
 import common
 import dino
 import dino_vit
-from conftest import TINY, events
+from conftest import TINY, events, naive_dino
 from dino_vit import clip_gradients, dino_loss
 
 # ViT-Tiny/8 at 32 px (16 patches; 16-px local crops: 4 patches), a small head: a few CPU seconds per step
@@ -40,22 +40,6 @@ def test_clip_gradients_clips_each_parameter_on_its_own():
 
 
 # ---------------------------------------------------------------------------------------------------------- loss
-def naive_dino(s, t, c, ts, tt):
-    """Every (teacher global view i, student view v != i, image n) term, one float at a time."""
-    terms = []
-    for i in range(t.shape[0]):
-        for v in range(s.shape[0]):
-            if v == i:
-                continue
-            for n in range(s.shape[1]):
-                tl = [(float(t[i, n, k]) - float(c[k])) / tt for k in range(t.shape[2])]
-                sl = [float(x) / ts for x in s[v, n]]
-                pt = [math.exp(x - max(tl)) / sum(math.exp(y - max(tl)) for y in tl) for x in tl]
-                lse = max(sl) + math.log(sum(math.exp(x - max(sl)) for x in sl))
-                terms.append(-sum(pk * (sk - lse) for pk, sk in zip(pt, sl)))
-    return sum(terms) / len(terms)
-
-
 def test_dino_loss_with_local_views_matches_explicit_loops():
     g = torch.Generator().manual_seed(7)
     t = torch.randn(2, 3, 6, generator=g, dtype=torch.float64)

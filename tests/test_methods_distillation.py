@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import common
 import simsiam
 from byol import ema_update, regression_loss
-from conftest import TINY
+from conftest import TINY, naive_dino
 from dino import DINOHead, dino_loss, update_center
 from simsiam import negative_cosine
 
@@ -76,21 +76,6 @@ def test_simsiam_predictor_lr_is_fixed_while_the_rest_follows_the_schedule(train
 
 
 # ----------------------------------------------------------------------------------------------------- DINO
-def naive_dino(s, t, c, ts, tt):
-    terms = []
-    for i in range(t.shape[0]):
-        for v in range(s.shape[0]):
-            if v == i:
-                continue
-            for n in range(s.shape[1]):
-                tl = [(float(t[i, n, k]) - float(c[k])) / tt for k in range(t.shape[2])]
-                sl = [float(x) / ts for x in s[v, n]]
-                pt = [math.exp(x) / sum(math.exp(y) for y in tl) for x in tl]
-                lse = math.log(sum(math.exp(x) for x in sl))
-                terms.append(-sum(pk * (sk - lse) for pk, sk in zip(pt, sl)))
-    return sum(terms) / len(terms)
-
-
 def test_dino_loss_matches_explicit_loops():
     g = torch.Generator().manual_seed(4)
     t = torch.randn(2, 3, 6, generator=g, dtype=torch.float64)

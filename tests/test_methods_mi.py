@@ -138,15 +138,6 @@ def test_sdmi_phase_schedule():
 RANK_MIN = 16.0
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny MLPs run fastest on one thread; two threads on a shared CPU can be 50x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _clusters(n, g):
     means = torch.randn(10, 64, generator=torch.Generator().manual_seed(123)) * 0.45
     y = torch.randint(0, 10, (n,), generator=g)

@@ -48,7 +48,7 @@ def test_every_method_runs_end_to_end(train, capsys, module):
     assert all(any(s.startswith(tag) for s in tags) for tag in TAGS), sorted(tags)
     assert 0 <= t.results["knn_top1"] <= 100 and t.results["steps"] == 3
     out = capsys.readouterr().out
-    assert "kNN top-1" in out and common.LINEAR_PROTOCOL in out and "H(R)" in out
+    assert "kNN top-1" in out and estimators.LINEAR_PROTOCOL in out and "H(R)" in out
     for spec, want in zip(t.run.views, RECIPES[module]):  # the file's augmentation is the recipe its docstring names
         assert {k: getattr(spec, k) for k in want} == want, (module.__name__, spec)
 
