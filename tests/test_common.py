@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torchvision
 from PIL import Image
 
 import common
@@ -99,6 +100,24 @@ def test_backbones_and_strict_reload(name, dim):
     if name == "resnet18":  # CIFAR stem for small images, torchvision's stem for large ones
         assert net.conv1.kernel_size == (3, 3) and isinstance(net.maxpool, nn.Identity)
         assert common.build_backbone(name, 224)[0].conv1.kernel_size == (7, 7)
+
+
+def test_vit_masked_and_subset_forwards_equal_the_full_forward_when_nothing_is_removed():
+    torch.manual_seed(0)
+    vit, dim = common.build_backbone("vit_tiny", 32, 8)  # a 4 x 4 grid of patches
+    x, token = torch.randn(3, 3, 32, 32), torch.randn(dim)
+    full = vit.tokens(x)
+    assert full.shape == (3, 17, dim)
+    assert torch.allclose(full[:, 0], torchvision.models.VisionTransformer.forward(vit, x), atol=1e-5)
+    nothing = torch.zeros(3, 16, dtype=torch.bool)
+    assert torch.allclose(vit.tokens(x, mask=nothing, mask_token=token), full, atol=1e-5)
+    assert torch.allclose(vit.tokens(x, keep=torch.arange(16).expand(3, -1)), full, atol=1e-5)
+    perm = torch.stack([torch.randperm(16) for _ in range(3)])  # kept patches in another order: the same tokens
+    got = vit.tokens(x, keep=perm)
+    assert torch.allclose(got[:, 1:], full[:, 1:].gather(1, perm[..., None].expand(-1, -1, dim)), atol=1e-5)
+    some = nothing.clone()
+    some[:, :4] = True  # and masking something does change the output
+    assert (vit.tokens(x, mask=some, mask_token=token) - full).abs().max() > 1e-2
 
 
 def test_synthetic_is_seeded_and_balanced():

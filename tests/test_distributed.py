@@ -68,14 +68,14 @@ def test_a_gather_that_drops_the_other_ranks_gradient_is_caught(tmp_path):
 
 
 def _torchrun_then_resume_alone(tmp_path, method, extra=()):
-    flags = [*TINY, "--max-steps", 4, "--save-every", 1, "--no-sync-bn", "--run-dir", tmp_path / "run", *extra]
-    res = torchrun(ROOT / "methods" / f"{method}.py", *flags, cwd=tmp_path)
+    flags = [*TINY, "--max-steps", 4, "--save-every", 1, "--no-sync-bn", *extra]
+    res = torchrun(ROOT / "methods" / f"{method}.py", *flags, "--run-dir", tmp_path / "run", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "x 2 processes" in res.stdout and res.stdout.count("kNN top-1") >= 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # one run directory
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert ckpt["step"] == 4 and ckpt["world_size"] == 2
-    res = run_script(f"methods/{method}.py", *flags[:-2], "--max-steps", 6, "--resume", tmp_path / "run" / "last.pt",
+    res = run_script(f"methods/{method}.py", *flags, "--max-steps", 6, "--resume", tmp_path / "run" / "last.pt",
                      cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 6
