@@ -1082,8 +1082,8 @@ class Run:
         if a.finetune_epochs:
             ft = finetune(backbone, self.probe.fc.in_features, self.data, self.normalize, self.autocast,
                           a.finetune_epochs, a.batch_size, a.seed)
-            self._scalar("eval/finetune_top1", ft)
             self.results["finetune_top1"] = ft
+            self.writer.add_scalar("eval/finetune_top1", ft, self.step_count) if self.main else None
             self.print(f"[main] fine-tune top-1 {ft:.2f} after {a.finetune_epochs} epoch(s)   ({FINETUNE_PROTOCOL})")
         self.results.update(method=self.method, dataset=a.dataset, backbone=a.backbone, seed=a.seed,
                             steps=self.step_count,
