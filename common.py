@@ -991,7 +991,8 @@ class Run:
     # -- evaluation
     def _eval_mode(self, sync: bool = True):  # sync: rank 0's BN statistics on every rank, as DDP does (a collective)
         modes = [m.training for m in self.model.modules()]
-        for b in self.model.eval().buffers() if sync and self.world > 1 else []:
+        self.model.eval()
+        for b in self.model.buffers() if sync and self.world > 1 else []:
             dist.broadcast(b, 0)
         return modes
 

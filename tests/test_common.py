@@ -190,3 +190,16 @@ def test_missing_data_is_one_clear_line(tmp_path, name):
         common.load_data(name, str(tmp_path / "nothing"), 0, "cpu")
     msg = str(e.value)
     assert "\n" not in msg and "nothing" in msg
+
+
+def test_evaluation_leaves_batchnorm_statistics_alone(train):
+    """MI metrics and evaluation run the model in eval mode: BN running statistics do not move."""
+    import simclr
+    t = train(simclr, "--dataset", "synthetic", "--backbone", "tiny", "--batch-size", 32, "--max-steps", 2,
+              "--epochs", 1, "--eval-every", 0, "--mi-every", 0, "--save-every", 0, "--device", "cpu")
+    run = t.run
+    before = {k: v.clone() for k, v in run.model.state_dict().items() if "running" in k}
+    run.log_representation()
+    run.evaluate()
+    after = run.model.state_dict()
+    assert before and all(torch.equal(v, after[k]) for k, v in before.items())
