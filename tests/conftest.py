@@ -18,6 +18,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "methods"))
 import common  # noqa: E402
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n 2: one thread per worker (and its subprocesses), a core each
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 def pytest_addoption(parser):
     parser.addoption("--full", action="store_true", help="also run the tests marked full (what CI leaves out for time)")
 

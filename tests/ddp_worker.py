@@ -8,8 +8,9 @@ common.average_gradients) to OUT/{method}_world{W}_rank{R}.pt.
 BatchNorm couples the images of a process's batch (SyncBatchNorm, which would make it global, refuses CPU tensors),
 so every BatchNorm layer is built as a per-sample GroupNorm(1, C) here: then one step of two processes must give
 the gradient of one process on the concatenated batch. 128 images, batch 32: 4 steps per epoch (DeepCluster v2's
-first gradient is at step 5, in epoch 1). --broken-gather replaces common.gather by an all-gather whose backward
-returns only the local slice (the bug of lightly #1528): the test must then see different gradients.
+first gradient is at step 5, in epoch 1). A name with the suffix +broken-gather (e.g. simclr+broken-gather) runs that
+method with common.gather replaced by an all-gather whose backward returns only the local slice (the bug of lightly
+#1528): the test must then see different gradients.
 """
 import importlib
 import os
@@ -46,11 +47,9 @@ def broken_gather(x):  # forward as all_gather, backward only to the local slice
 
 
 def main():
-    out, names = Path(sys.argv[1]), [a for a in sys.argv[2:] if not a.startswith("--")]
+    out, names = Path(sys.argv[1]), sys.argv[2:]
     nn.BatchNorm1d = nn.BatchNorm2d = PerSampleNorm
-    if "--broken-gather" in sys.argv:
-        common.gather = broken_gather
-    load, average = common.load_data, common.average_gradients
+    load, average, gather = common.load_data, common.average_gradients, common.gather
 
     def small(*a, **k):
         d = load(*a, **k)
@@ -58,7 +57,9 @@ def main():
         return d
 
     common.load_data = small
-    for name in names:
+    for label in names:
+        name, broken = label.removesuffix("+broken-gather"), label.endswith("+broken-gather")
+        common.gather = broken_gather if broken else gather
         module = importlib.import_module(name)
         first = 4 + 1 if name == "deepcluster_v2" else 1
 
@@ -67,7 +68,7 @@ def main():
             run = spy.run
             if modules[0] is run.model and run.step_count == first:
                 grads = {k: p.grad.detach().clone() for k, p in run.model.named_parameters() if p.grad is not None}
-                torch.save(grads, out / f"{name}_world{common.world_size()}_rank{common.rank()}.pt")
+                torch.save(grads, out / f"{label}_world{common.world_size()}_rank{common.rank()}.pt")
                 raise Captured
 
         track = common.Run.track
@@ -83,7 +84,7 @@ def main():
         vit = name in ("ibot", "dino_vit", "mae")
         flags = ["--dataset", "synthetic", "--backbone", "vit_tiny" if vit else "tiny", "--batch-size", 32,
                  "--epochs", 2, "--warmup-epochs", 1, "--eval-every", 0, "--mi-every", 0, "--save-every", 0,
-                 "--save-every-minutes", 0, "--device", "cpu", "--no-sync-bn", "--run-dir", out / f"run_{name}_{os.environ.get('WORLD_SIZE', 1)}",
+                 "--save-every-minutes", 0, "--device", "cpu", "--no-sync-bn", "--run-dir", out / f"run_{label}_{os.environ.get('WORLD_SIZE', 1)}",
                  "--max-steps", first, *extra.get(name, [])]
         import tyro
         try:

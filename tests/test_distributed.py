@@ -22,12 +22,12 @@ def torchrun(*args, nproc=2, cwd=None):
     return subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=900)
 
 
-def gradients(tmp_path, methods, *flags):
-    """{method: (grads of one process, grads of rank 0, grads of rank 1)} after one step."""
-    one = subprocess.run([sys.executable, str(ROOT / "tests/ddp_worker.py"), tmp_path, *methods, *flags], env=ENV,
+def gradients(tmp_path, methods):
+    """{method: (grads of one process, grads of rank 0, grads of rank 1)} after one step (see tests/ddp_worker.py)."""
+    one = subprocess.run([sys.executable, str(ROOT / "tests/ddp_worker.py"), tmp_path, *methods], env=ENV,
                          capture_output=True, text=True, timeout=900)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = torchrun(ROOT / "tests/ddp_worker.py", tmp_path, *methods, *flags)
+    two = torchrun(ROOT / "tests/ddp_worker.py", tmp_path, *methods)
     assert two.returncode == 0, two.stderr[-3000:]
     load = lambda m, w, r: torch.load(tmp_path / f"{m}_world{w}_rank{r}.pt", weights_only=True)  # noqa: E731
     return {m: (load(m, 1, 0), load(m, 2, 0), load(m, 2, 1)) for m in methods}
@@ -53,8 +53,15 @@ def check(tmp_path, methods):
         assert not mismatches(single, r0, r1), (m, mismatches(single, r0, r1)[:5])
 
 
-def test_two_processes_give_the_one_process_gradient(tmp_path):
-    check(tmp_path, CI)
+@pytest.fixture(scope="module")
+def ci_gradients(tmp_path_factory):
+    """One launch for the CI methods and for SimCLR with the broken gather (each launch costs seconds of imports)."""
+    return gradients(tmp_path_factory.mktemp("grads"), [*CI, "simclr+broken-gather"])
+
+
+def test_two_processes_give_the_one_process_gradient(ci_gradients):
+    for m in CI:
+        assert not mismatches(*ci_gradients[m]), (m, mismatches(*ci_gradients[m])[:5])
 
 
 @pytest.mark.full
@@ -62,9 +69,8 @@ def test_two_processes_give_the_one_process_gradient_for_every_other_method(tmp_
     check(tmp_path, [m for m in OTHERS if (ROOT / "methods" / f"{m}.py").exists()])
 
 
-def test_a_gather_that_drops_the_other_ranks_gradient_is_caught(tmp_path):
-    (single, r0, r1), = gradients(tmp_path, ["simclr"], "--broken-gather").values()
-    assert mismatches(single, r0, r1), "a broken gather went unnoticed: the gradient test cannot fail"
+def test_a_gather_that_drops_the_other_ranks_gradient_is_caught(ci_gradients):
+    assert mismatches(*ci_gradients["simclr+broken-gather"]), "a broken gather went unnoticed: the test cannot fail"
 
 
 def _torchrun_then_resume_alone(tmp_path, method, extra=()):

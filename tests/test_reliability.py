@@ -19,6 +19,7 @@ import simclr
 import swav
 from conftest import ROOT, TINY, run_script
 
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # bit-identical needs the same thread count: it can change the reduction order
 
 def one_error_line(code, err, *words):
     lines = [ln for ln in err.splitlines() if ln.strip()]
@@ -108,7 +109,7 @@ def test_run_directories(cli, tmp_path):
 def test_two_identical_commands_started_together_get_two_run_directories(tmp_path):
     cmd = [sys.executable, str(ROOT / "methods/simclr.py"), *TINY, "--max-steps", 2, "--save-every", 1]
     procs = [subprocess.Popen(list(map(str, cmd)), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+                              text=True, env={**os.environ, **ONE_THREAD}) for _ in range(2)]  # a core each
     errs = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errs
     dirs = list((tmp_path / "runs").iterdir())
@@ -196,9 +197,6 @@ def test_a_diverged_run_stops_with_one_line_and_writes_no_checkpoint(tmp_path):
 # ---------------------------------------------------------------------------------------------- interruptions
 INTERRUPTED = {simclr: [], moco_v2: ["--queue-size", 64], swav: ["--queue-size", 64, "--queue-start-epoch", 0,
                                                                    "--num-prototypes", 30, "--freeze-prototypes-epochs", 0]}
-
-
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # bit-identical needs the same thread count: it can change the reduction order
 
 
 def _straight(tmp_path, module, flags):
