@@ -1,6 +1,7 @@
 """cleanssl plumbing shared by every method file; nothing here is part of a method's algorithm (read a method first).
-Contents: errors and the command line | several processes (torchrun) | data | augmentation | backbones (ResNet, ViT)
-| optimization | evaluation | runs (directory, logging, checkpoints, resume, interruptions)."""
+Contents: errors and the command line | several processes (torchrun) | data | optimization | evaluation | runs
+(directory, logging, checkpoints, resume, interruptions). Two topics have their own module, re-exported here so a
+method file needs only `import common`: augment.py (batched augmentation) and backbones.py (ResNet, ViT)."""
 import copy
 import dataclasses
 import datetime
@@ -11,9 +12,9 @@ import signal
 import sys
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Literal, Sequence, Tuple
+from typing import List, Literal
 
 import numpy as np
 import torch
@@ -23,6 +24,8 @@ import torch.nn.functional as F
 import torchvision
 
 import estimators
+from augment import Augment, ViewSpec, multicrop  # noqa: F401  (method files use them as common.X)
+from backbones import VIT_SIZES, TinyResNet, ViT, build_backbone, default_patch, mlp  # noqa: F401  (likewise)
 
 DatasetName = Literal["cifar10", "cifar100", "stl10", "tinyimagenet", "imagenet100", "imagefolder", "medmnist",
                       "synthetic"]
@@ -32,8 +35,9 @@ Precision = Literal["auto", "fp32", "bf16"]
 Tensor = torch.Tensor
 ONLINE_PROTOCOL = ("online linear probe: trained during SSL on detached backbone features of augmented view 1 "
                    "(SGD lr 0.1, momentum 0.9)")
-FINETUNE_PROTOCOL = ("end-to-end fine-tuning: backbone + linear head on the labelled train images, AdamW lr 5e-4 x "
-                     "batch/256, wd 0.05, 10% warmup then cosine, crop 0.2-1 + flip; un-augmented test images")
+FINETUNE_PROTOCOL = ("end-to-end fine-tuning: backbone (every parameter) + linear head on the labelled train images, "
+                     "AdamW lr 5e-4 x batch/256, wd 0.05, 10% warmup then cosine, crop 0.2-1 + flip; un-augmented "
+                     "test images")
 
 class UserError(Exception):
     """What the user can fix (missing data, bad flag, unusable checkpoint) or a saved stop: one line, exit `code`."""
@@ -311,257 +315,6 @@ def _stats(x: Tensor):  # per-channel mean and std of (up to 10,000) uint8 image
     x = x[:10000].float() / 255
     return tuple(x.mean((0, 2, 3)).tolist()), tuple(x.std((0, 2, 3)).tolist())
 
-# ---------------------------------------------------------------------------------------------------- augmentation
-# Batched on the training device, per-sample random parameters from a torch.Generator; each op matches torchvision's
-# function on one image (tests/test_augment.py). Parameters are drawn for the global batch and each rank keeps its
-# rows (shard = (rank, world size)), so several processes see exactly the views that one process would.
-@dataclass
-class ViewSpec:
-    """Augmentation recipe of one view (defaults: solo-learn's CIFAR asymmetric view 1)."""
-    size: int
-    scale: Tuple[float, float] = (0.08, 1.0)
-    ratio: Tuple[float, float] = (3 / 4, 4 / 3)
-    flip_p: float = 0.5
-    jitter: Tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
-    jitter_p: float = 0.8
-    gray_p: float = 0.2
-    blur_p: float = 0.0
-    blur_sigma: Tuple[float, float] = (0.1, 2.0)
-    solarize_p: float = 0.0
-
-def multicrop(base: List[ViewSpec], n_local: int, local_size: int, local_scale, global_scale) -> List[ViewSpec]:
-    """The 2 global views of `base` with scale=global_scale, plus n_local small copies of base[0] (multi-crop)."""
-    glob = [replace(v, scale=tuple(global_scale)) for v in base[:2]]
-    return glob + [replace(base[0], size=local_size, scale=tuple(local_scale)) for _ in range(n_local)]
-
-def _rand(shape, g: torch.Generator, lo: float = 0.0, hi: float = 1.0, shard=(0, 1)) -> Tensor:
-    """U[lo, hi) float32 on g's device, drawn for shape[0] x world rows; this rank's shape[0] rows are returned."""
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    u = torch.rand((shape[0] * shard[1],) + shape[1:], generator=g, device=g.device)
-    return u[shard[0] * shape[0]:(shard[0] + 1) * shape[0]].mul_(hi - lo).add_(lo)
-
-def _apply(x: Tensor, mask: Tensor, fn, *params: Tensor) -> Tensor:
-    """In place x[mask] = fn(x[mask], *params[mask]): only the selected samples are computed."""
-    idx = mask.nonzero().squeeze(1)
-    if idx.numel():
-        x.index_copy_(0, idx, fn(x.index_select(0, idx), *(q.index_select(0, idx) for q in params)))
-    return x
-
-def rrc_params(B: int, H: int, W: int, scale, ratio, g: torch.Generator, attempts: int = 10, shard=(0, 1)):
-    """RandomResizedCrop.get_params for B samples at once -> (top, left, h, w), long (B,) each. All tries are drawn at
-    once; a sample keeps its first valid try, else torchvision's fallback (central crop, ratio clamped)."""
-    area = _rand((B, attempts), g, scale[0], scale[1], shard) * (H * W)
-    r = _rand((B, attempts), g, math.log(ratio[0]), math.log(ratio[1]), shard).exp_()
-    w, h = (area * r).sqrt_().round_(), (area / r).sqrt_().round_()  # half to even, as Python
-    ok = (w > 0) & (w <= W) & (h > 0) & (h <= H)
-    first, found = ok.to(torch.uint8).argmax(1, keepdim=True), ok.any(1)
-    fw = int(round(H * max(ratio))) if W / H > max(ratio) else W
-    fh = int(round(W / min(ratio))) if W / H < min(ratio) else H
-    h = torch.where(found, h.gather(1, first).squeeze(1), float(fh)).long()
-    w = torch.where(found, w.gather(1, first).squeeze(1), float(fw)).long()
-    u = _rand((B, 2), g, shard=shard).T
-    top = torch.where(found, torch.minimum((u[0] * (H - h + 1)).long(), H - h), (H - h) // 2)
-    left = torch.where(found, torch.minimum((u[1] * (W - w + 1)).long(), W - w), (W - w) // 2)
-    return top, left, h, w
-
-def _src_index(start: Tensor, length: Tensor, size: int):
-    """Bilinear (align_corners=False) source indices and weights of `size` outputs per crop."""
-    src = ((torch.arange(size, device=start.device) + 0.5) * (length.float() / size)[:, None] - 0.5).clamp_(min=0)
-    i0 = src.floor().long()
-    i1 = torch.minimum(i0 + 1, length[:, None] - 1)  # clamp at the crop border, not the image's
-    return start[:, None] + i0, start[:, None] + i1, src - i0
-
-def resized_crop(x: Tensor, top: Tensor, left: Tensor, h: Tensor, w: Tensor, size: int) -> Tensor:
-    """Crop box i of image i resized bilinearly to size x size, float32 on x's scale: torchvision's resized_crop(img,
-    top, left, h, w, [size, size], antialias=False). Separable: whole-row copies + lerp, then column gathers + lerp."""
-    B, C, H, W = x.shape
-    (y0, y1, ly), (x0, x1, lx) = _src_index(top, h, size), _src_index(left, w, size)
-    planes, flat = torch.arange(B * C, device=x.device).view(B, C, 1) * H, x.reshape(B * C * H, W)
-    rows = lambda y: flat.index_select(0, (planes + y[:, None]).view(-1)).view(B, C, size, W)  # noqa: E731
-    ly, lx = ly[:, None, :, None], lx[:, None, None, :]
-    t = (rows(y0) * (1 - ly)).addcmul_(rows(y1), ly)
-    cols = lambda xi: t.gather(3, xi[:, None, None, :].expand(B, C, size, size))  # noqa: E731
-    return cols(x0).mul_(1 - lx).addcmul_(cols(x1), lx)
-
-def _gray(x: Tensor) -> Tensor:  # luma 0.2989 R + 0.587 G + 0.114 B, (B, 1, H, W)
-    r, g, b = x.unbind(1)
-    return r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(1)
-
-def rgb_to_grayscale(x: Tensor) -> Tensor:
-    return _gray(x).expand_as(x).contiguous()
-
-def jitter_op(j: int, x: Tensor, f: Tensor) -> Tensor:
-    """ColorJitter's op j with per-sample factors f (B,): 0 brightness (blend with black), 1 contrast (blend with the
-    mean of each image's grayscale version), 2 saturation (blend with the grayscale image), 3 hue (adjust_hue)."""
-    if j == 3:
-        return adjust_hue(x, f)
-    other, f = 0.0 if j == 0 else _gray(x).mean((1, 2, 3), keepdim=True) if j == 1 else _gray(x), f.view(-1, 1, 1, 1)
-    return (x * f).add_(other * (1 - f)).clamp_(0, 1)
-
-_HUE_RAMP = ((3.0, 2.0, 4.0), (1.0, 2.0, 2.0), (1.0, -1.0, -1.0))  # centre, offset, sign of R, G, B
-
-def adjust_hue(x: Tensor, hue: Tensor) -> Tensor:
-    """Shift the HSV hue by `hue` (in [-0.5, 0.5], mod 1) as torchvision's RGB -> HSV -> RGB, branch-free (agrees to
-    ~1e-6). With chroma = max - min and n = (x - min) / chroma the hue in sextants is h6 = n_g - n_b | 2 + n_b - n_r |
-    4 + n_r - n_g if max is R | G | B; x = min + chroma * clamp(ramp(h6 mod 6), 0, 1), ramps R: |h6 - 3| - 1,
-    G: 2 - |h6 - 2|, B: 2 - |h6 - 4|."""
-    v, m = x.amax(1, keepdim=True), x.amin(1, keepdim=True)
-    cr = v - m
-    n = (x - m).div_(cr.clamp(min=1e-12))  # gray pixels: 0 / 1e-12 = 0 (any hue is fine there)
-    nr, ng, nb = n.unbind(1)
-    wr, fg = n[:, :2].floor().unbind(1)  # 1 on the max channel(s); R wins ties, as torchvision
-    wg = fg * (1 - wr)
-    h6 = wr * (ng - nb) + wg * (nb - nr + 2) + (1 - wr - wg) * (nr - ng + 4) + 6 * hue.view(-1, 1, 1)
-    h6 = h6.sub_(h6.div(6).floor_().mul_(6)).unsqueeze(1)  # mod 6
-    ctr, off, sgn = torch.tensor(_HUE_RAMP, device=x.device).view(3, 1, 3, 1, 1)
-    return (h6 - ctr).abs_().sub_(off).mul_(sgn).clamp_(0, 1).mul_(cr).add_(m)
-
-def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
-    """Per-sample sigma, torchvision's normalized kernel exp(-x^2 / 2 sigma^2), reflect padding; separable, as a
-    grouped conv over B * C groups."""
-    B, C, H, W = x.shape
-    k, p = kernel_size, kernel_size // 2
-    ker = (torch.linspace(-p, p, k, device=x.device) / sigma[:, None]).pow_(2).mul_(-0.5).exp_()
-    ker = (ker / ker.sum(1, keepdim=True)).repeat_interleave(C, 0)  # (B*C, k)
-    y = F.conv2d(F.pad(x.reshape(1, B * C, H, W), (p, p, p, p), mode="reflect"), ker.view(B * C, 1, k, 1), groups=B * C)
-    return F.conv2d(y, ker.view(B * C, 1, 1, k), groups=B * C).view(B, C, H, W)
-
-def color_jitter(x: Tensor, b: float, c: float, s: float, h: float, p: float, g: torch.Generator, shard=(0, 1),
-                 return_params: bool = False):
-    """In place RandomApply([ColorJitter(b, c, s, h)], p) with per-sample factors and op order. Pass k applies op
-    order[:, k] (0 brightness, 1 contrast, 2 saturation, 3 hue) to the jittered samples that have it there; zero
-    strengths are skipped. return_params=True also returns (applied (B,) bool, order (B, 4), factors (B, 4))."""
-    B = x.shape[0]
-    applied, order = _rand(B, g, shard=shard) < p, _rand((B, 4), g, shard=shard).argsort(1)
-    fac = torch.stack([_rand(B, g, max(0.0, 1 - b), 1 + b, shard), _rand(B, g, max(0.0, 1 - c), 1 + c, shard),
-                       _rand(B, g, max(0.0, 1 - s), 1 + s, shard), _rand(B, g, -h, h, shard)], 1)
-    idx = applied.nonzero().squeeze(1)
-    if idx.numel() and any((b, c, s, h)):
-        xs, o, fs = (t.index_select(0, idx) for t in (x, order, fac))
-        for k in range(4):
-            for j, strength in enumerate((b, c, s, h)):
-                if strength:
-                    _apply(xs, o[:, k] == j, lambda z, q: jitter_op(j, z, q), fs[:, j])
-        x.index_copy_(0, idx, xs)
-    return (x, (applied, order, fac)) if return_params else x
-
-class Augment:
-    """uint8 batch (B, 3, H, W) -> one normalized float32 view per ViewSpec. Per view, solo-learn's order: random
-    resized crop, color jitter, grayscale, Gaussian blur (kernel: odd size nearest 10% of the view, >= 3), solarize,
-    horizontal flip, normalize. x may also be a list of uint8 batches already cropped to each spec.size (by the
-    DataLoader, large images): the crop is then skipped. channels_last: the views' memory format (conv nets)."""
-
-    def __init__(self, views: List[ViewSpec], mean: Sequence[float], std: Sequence[float], channels_last=False,
-                 shard=(0, 1)):
-        self.views, self.channels_last, self.shard = list(views), channels_last, shard
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.inv_std = 1.0 / torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-
-    def __call__(self, x, g: torch.Generator) -> List[Tensor]:
-        pre = isinstance(x, (list, tuple))
-        return [self.view(x[i] if pre else x, v, g, crop=not pre) for i, v in enumerate(self.views)]
-
-    def view(self, x: Tensor, v: ViewSpec, g: torch.Generator, crop: bool = True) -> Tensor:
-        (B, _, H, W), sh = x.shape, self.shard
-        y = resized_crop(x, *rrc_params(B, H, W, v.scale, v.ratio, g, shard=sh), v.size) if crop else x.float()
-        y = y.mul_(1.0 / 255) if x.dtype == torch.uint8 else y
-        if v.jitter_p > 0:
-            color_jitter(y, *v.jitter, v.jitter_p, g, sh)
-        if v.gray_p > 0:
-            _apply(y, _rand(B, g, shard=sh) < v.gray_p, rgb_to_grayscale)
-        if v.blur_p > 0:
-            k, sigma = max(3, int(0.1 * v.size) // 2 * 2 + 1), _rand(B, g, *v.blur_sigma, sh)
-            _apply(y, _rand(B, g, shard=sh) < v.blur_p, lambda z, sg: gaussian_blur(z, sg, k), sigma)
-        if v.solarize_p > 0:
-            _apply(y, _rand(B, g, shard=sh) < v.solarize_p, lambda z: torch.minimum(z, 1 - z))  # where(z >= .5, 1-z, z)
-        if v.flip_p > 0:
-            _apply(y, _rand(B, g, shard=sh) < v.flip_p, lambda z: z.flip(-1))
-        y = y.sub_(self.mean.to(y.device)).mul_(self.inv_std.to(y.device))
-        return y.contiguous(memory_format=torch.channels_last) if self.channels_last else y
-
-# ------------------------------------------------------------------------------------------------------- backbones
-class TinyResNet(nn.Module):
-    """A narrow ResNet (widths 16-32-64-128, one BasicBlock per stage, CIFAR stem) for CPU runs and tests."""
-
-    def __init__(self, widths=(16, 32, 64, 128)):
-        super().__init__()
-        from torchvision.models.resnet import BasicBlock
-        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
-        layers, cin = [], widths[0]
-        for i, w in enumerate(widths):
-            s = 1 if i == 0 else 2
-            down = None if s == 1 and cin == w else nn.Sequential(nn.Conv2d(cin, w, 1, s, bias=False),
-                                                                  nn.BatchNorm2d(w))
-            layers.append(BasicBlock(cin, w, s, down))
-            cin = w
-        self.layers = nn.Sequential(*layers)
-
-    def forward(self, x):
-        return torch.flatten(F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1), 1)
-
-class ViT(torchvision.models.VisionTransformer):
-    """torchvision's VisionTransformer with heads = Identity: forward(x) is its forward, the CLS token after the final
-    LayerNorm (R). tokens() runs the same encoder (conv_proj, position embedding, encoder.layers, encoder.ln) with two
-    additions: masked patches replaced by a mask token, or only some patches kept; and images of another size (the
-    position embedding interpolated bicubically, as DINO does for local crops)."""
-
-    def __init__(self, image_size: int, patch_size: int, dim: int, heads: int, mlp_dim: int, depth: int = 12):
-        super().__init__(image_size, patch_size, depth, heads, dim, mlp_dim)
-        self.heads = nn.Identity()
-
-    def position_embedding(self, gh: int, gw: int) -> Tensor:
-        """(1, 1 + gh * gw, D): the CLS position, then the patch grid's, interpolated from the trained grid."""
-        pos, g = self.encoder.pos_embedding, self.image_size // self.patch_size
-        if (gh, gw) == (g, g):
-            return pos
-        grid = F.interpolate(pos[:, 1:].reshape(1, g, g, -1).permute(0, 3, 1, 2), size=(gh, gw), mode="bicubic")
-        return torch.cat([pos[:, :1], grid.flatten(2).transpose(1, 2)], dim=1)
-
-    def tokens(self, x: Tensor, mask: Tensor = None, mask_token: Tensor = None, keep: Tensor = None) -> Tensor:
-        """All output tokens (N, 1 + L', D), CLS first. mask (N, L) bool: those patch embeddings are replaced by
-        mask_token (D,) (iBOT); keep (N, L') long: only those patches enter the encoder (MAE)."""
-        p = self.conv_proj(x)  # (N, D, gh, gw)
-        pos = self.position_embedding(*p.shape[-2:])
-        p = p.flatten(2).transpose(1, 2)  # (N, L, D)
-        if mask is not None:
-            p = torch.where(mask[..., None], mask_token.to(p.dtype), p)
-        p = p + pos[:, 1:]
-        if keep is not None:
-            p = p.gather(1, keep[..., None].expand(-1, -1, p.shape[-1]))
-        z = torch.cat([(self.class_token + pos[:, :1]).expand(len(p), -1, -1), p], dim=1)
-        return self.encoder.ln(self.encoder.layers(self.encoder.dropout(z)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.tokens(x)[:, 0]
-
-VIT_SIZES = {"vit_tiny": (192, 3, 768), "vit_small": (384, 6, 1536)}  # width, heads, MLP width; depth 12
-
-def build_backbone(name: str, image_size: int, patch_size: int = 0):
-    """Backbone without classifier and its feature dimension. ResNets: torchvision's with fc = Identity and, for images
-    <= 64 px, the CIFAR stem (3x3 conv, stride 1, padding 1, no max-pool). ViT: patch 4 up to 32 px, 8 up to 64, 16
-    above unless patch_size is given. The saved backbone.pt loads into what this returns with strict=True."""
-    if name == "tiny":
-        return TinyResNet(), 128
-    if name in VIT_SIZES:
-        p = patch_size or (4 if image_size <= 32 else 8 if image_size <= 64 else 16)
-        if image_size % p:
-            raise UserError(f"--patch-size {p} does not divide the {image_size}-px images.")
-        return ViT(image_size, p, *VIT_SIZES[name]), VIT_SIZES[name][0]
-    net = getattr(torchvision.models, name)(weights=None)
-    if image_size <= 64:
-        net.conv1, net.maxpool = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False), nn.Identity()
-    dim, net.fc = net.fc.in_features, nn.Identity()
-    return net, dim
-
-def mlp(in_dim: int, hidden: int, out: int, layers: int = 2, last_bn: bool = False, last_bn_affine: bool = True):
-    """Linear-BN-ReLU blocks then a final Linear (optionally followed by BN), the usual SSL projector/predictor."""
-    mods, d = [], in_dim
-    for _ in range(layers - 1):
-        mods += [nn.Linear(d, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
-        d = hidden
-    mods.append(nn.Linear(d, out, bias=not last_bn))
-    return nn.Sequential(*mods, *([nn.BatchNorm1d(out, affine=last_bn_affine)] if last_bn else []))
-
 # ---------------------------------------------------------------------------------------------------- optimization
 class LARS(torch.optim.Optimizer):
     """LARS (You et al. 2017) as in solo-learn: SGD with momentum where each weight's step is scaled by the trust ratio
@@ -653,6 +406,7 @@ def finetune(backbone: nn.Module, feat_dim: int, data: Data, normalize, autocast
     """End-to-end supervised fine-tuning of a copy of the backbone with a linear head (FINETUNE_PROTOCOL), each rank on
     its share of the labelled training images, gradients averaged; returns the test top-1."""
     net = nn.Sequential(copy.deepcopy(backbone), nn.Linear(feat_dim, data.num_classes)).to(data.device).train()
+    net.requires_grad_(True)  # every parameter, also those fixed during SSL (MAE's sin-cos positions), as MAE does
     opt = make_optimizer("adamw", param_groups(net, 0.05), 5e-4 * batch_size / 256)
     view = ViewSpec(data.image_size, scale=(0.2, 1.0), jitter_p=0.0, gray_p=0.0)
     aug, g = Augment([view], data.mean, data.std, shard=(rank(), world_size())), torch.Generator(data.device)
@@ -758,6 +512,9 @@ class Run:
         self.data = load_data(a.dataset, a.data_dir, a.seed, self.device)
         if len(self.data) < a.batch_size:
             raise UserError(f"--batch-size {a.batch_size} exceeds the {len(self.data)} training images of {a.dataset}.")
+        size, p = self.data.image_size, a.patch_size or default_patch(self.data.image_size)
+        if a.backbone in VIT_SIZES and size % p:
+            raise UserError(f"--patch-size {p} does not divide the {size}-px images of {a.dataset}.")
         mine = (len(self.data), self.data.num_classes, self.data.image_size, sorted(dataclasses.asdict(a).items()))
         if self.world > 1 and any_rank(broadcast(mine) != mine):
             raise UserError("the processes disagree on the data or the flags (the same files and command everywhere?).")
@@ -1073,8 +830,8 @@ class Run:
         """Final evaluation of each backbone (and fine-tuning with --finetune-epochs), backbone.pt, results.json."""
         signal.signal(signal.SIGINT, signal.default_int_handler), signal.signal(signal.SIGTERM, signal.SIG_DFL)
         self.flush(force_print=True)
-        a = self.args
-        self.print(f"== {self.method} on {a.dataset}: {a.backbone}, {self.epoch + 1} epochs, {self.step_count} steps, "
+        a, epochs = self.args, min(self.args.epochs, -(-self.step_count // self.steps_per_epoch))  # begun epochs
+        self.print(f"== {self.method} on {a.dataset}: {a.backbone}, {epochs} epochs, {self.step_count} steps, "
                    f"seed {a.seed} ==")
         self.evaluate(final=True)
         backbone = self.backbones["main"][0]
@@ -1088,7 +845,7 @@ class Run:
             self.print(f"[main] fine-tune top-1 {ft:.2f} after {a.finetune_epochs} epoch(s)   ({FINETUNE_PROTOCOL})")
         self.results.update(method=self.method, dataset=a.dataset, backbone=a.backbone, seed=a.seed,
                             steps=self.step_count,
-                            epochs=self.epoch + 1, minutes=(time.time() - self.t0) / 60, processes=self.world,
+                            epochs=epochs, minutes=(time.time() - self.t0) / 60, processes=self.world,
                             views_per_image=len(self.views))
         if self.main:
             (self.dir / "results.json").write_text(json.dumps(self.results, indent=1))

@@ -35,7 +35,8 @@ Implementation details (defaults = the paper and its official code, facebookrese
    mean over the masked patches of the per-patch MSE; visible patches do not count.
 7. AdamW betas (0.9, 0.95), lr 1.5e-4 x batch/256, wd 0.05 (biases and norms excluded; CLS and mask tokens decayed, as
    the official timm add_weight_decay), 40 warmup epochs then cosine, 800 epochs (paper, batch 4096; here batch 256;
-   solo-learn CIFAR: lr 2e-4, 1000 epochs). The warmup starts at 7.5e-5 x lr, not 0 (common.warmup_cosine). bf16
+   solo-learn CIFAR: lr 2e-4, 1000 epochs; a short CPU run learns little at that lr: README "Our numbers" uses 1.5e-3
+   for 20 epochs). The warmup starts at 7.5e-5 x lr, not 0 (common.warmup_cosine). bf16
    autocast on CUDA (paper fp16 AMP). No gradient clipping (paper none either).
 8. Several processes: the loss is per image with the same masked count in every image, so the mean of the processes'
    means is the global batch's mean: no gather; common.average_gradients makes it the one-process gradient.

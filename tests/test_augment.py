@@ -5,7 +5,7 @@ import torch
 import torchvision.transforms as T
 import torchvision.transforms.v2.functional as TF
 
-import common as A
+import augment as A
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 import common
+import mae
 import moco_v2
 import simclr
 import swav
@@ -88,6 +89,11 @@ def test_a_corrupt_image_of_a_streamed_folder_is_replaced_and_counted(cli, tmp_p
                          "--epochs", 1, "--proj-hidden-dim", 32)
     assert code == 0, err
     assert "warning: unreadable image" in err and "dog/1.jpg" in err and "kNN top-1" in out
+
+
+def test_a_patch_size_that_does_not_divide_the_images_is_one_line(cli, tmp_path):
+    line = one_error_line(*cli(mae, *TINY, "--backbone", "vit_tiny", "--patch-size", 5)[::2], "--patch-size 5")
+    assert "32-px" in line and no_run_dir(tmp_path)
 
 
 def test_a_medmnist_path_that_is_not_an_npz_is_one_line(cli, tmp_path):
