@@ -48,7 +48,11 @@ class UserError(Exception):
 def cli(main, args_cls):
     """Parse the command line with tyro and run main(args), alone or as one of torchrun's processes."""
     import tyro
-    args = tyro.cli(args_cls)
+    try:
+        args = tyro.cli(args_cls)
+    except BrokenPipeError:  # `--help | head`: the reader left; quiet, as other command-line tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     try:
         main(args)
     except UserError as e:

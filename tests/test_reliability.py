@@ -49,6 +49,17 @@ def test_a_typo_in_a_choice_is_refused_without_traceback(tmp_path):
     assert res.returncode != 0 and "Traceback" not in res.stderr and "cifar11" in res.stderr
 
 
+def test_help_into_a_pipe_closed_early_is_quiet(tmp_path):
+    """`python methods/simclr.py --help | head -2`: the reader goes away; no BrokenPipeError traceback. The read end
+    is closed before the script writes, so every write meets a closed pipe (not a race with the pipe's buffer)."""
+    read, write = os.pipe()
+    os.close(read)
+    res = subprocess.run([sys.executable, str(ROOT / "methods/simclr.py"), "--help"], cwd=tmp_path, stdout=write,
+                         stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(write)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-2000:]
+
+
 def test_missing_cifar_is_one_line(tmp_path):
     res = run_script("methods/simclr.py", "--dataset", "cifar10", "--data-dir", tmp_path / "empty", "--backbone", "tiny",
                      cwd=tmp_path)
