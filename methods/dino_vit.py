@@ -55,15 +55,16 @@ solo-learn's ResNet recipe):
    backbone.pt holds it), reported beside it: the student's (results *_student). The online probe trains on the
    teacher's R of global view 1 (detached). R = backbone output (CLS), Z = head's 256-d bottleneck (before the
    l2-normalization).
-13. Still differs from the official code: (a) ViT init: torchvision's (patch conv trunc-normal sqrt(1/fan_in), MLPs
-   xavier-uniform, position embedding normal 0.02, class token 0), not trunc_normal(0.02) for every Linear, the class
-   token and the position embedding (the class as torchvision builds it; the effect is not measured). (b) Local crops'
-   position embedding: bicubic to the local grid's size; the official passes scale_factor (g' + 0.1) / g, which samples
-   the trained grid shrunk towards its top-left corner by up to 0.17 cell (8 x 8 -> 4 x 4). (c) --finetune-epochs
-   (common.finetune, every method's short protocol) reads the CLS token with a default-initialized Linear, plain
-   cross-entropy (no label smoothing, mixup or cutmix) and decays the class token and position embedding; the paper
-   fine-tunes with DeiT's recipe (smoothing 0.1, mixup, cutmix, no decay on those tokens). The linear probe reads the
-   last CLS token (the official eval_linear.py: the last 4 blocks' CLS tokens concatenated for ViT-S).
+13. Still differs from the official code: (a) ViT init: torchvision's (patch conv trunc-normal sqrt(1/fan_in), MLPs and
+   the attention's input projection xavier-uniform, position embedding normal 0.02, class token 0), not
+   trunc_normal(0.02) for every Linear, the class token and the position embedding (the class as torchvision builds it;
+   the effect is not measured). (b) Local crops' position embedding: bicubic to the local grid's size; the official
+   passes scale_factor (g' + 0.1) / g, which samples the trained grid shrunk towards its top-left corner by up to 0.17
+   cell (8 x 8 -> 4 x 4). (c) --finetune-epochs (common.finetune, every method's short protocol) reads the CLS token
+   with a default-initialized Linear, plain cross-entropy (no label smoothing, mixup or cutmix) and decays the class
+   token and position embedding; the paper fine-tunes with DeiT's recipe (smoothing 0.1, mixup, cutmix, no decay on
+   those tokens). The linear probe reads the last CLS token (the official eval_linear.py: the last 4 blocks' CLS tokens
+   concatenated for ViT-S).
 """
 import copy
 import sys
