@@ -776,20 +776,20 @@ class Run:
         """MI estimates between the two views' embeddings and dimensionality on the fixed held-out pair (rank 0)."""
         if self.main:
             modes = self._eval_mode(sync=False)
-            for i, (name, (backbone, project)) in enumerate(self.backbones.items()):
+            for pos, (name, (backbone, project)) in enumerate(self.backbones.items()):
                 for k, v in self._metrics(backbone, project).items():
-                    self.writer.add_scalar(k + ("" if i == 0 else f"_{name}"), v, self.step_count)
+                    self.writer.add_scalar(k + ("" if pos == 0 else f"_{name}"), v, self.step_count)
             self._restore(modes)
 
     def evaluate(self, final: bool = False):
         """kNN top-1 of each tracked backbone and the online probe's test top-1 (on the first, main backbone's
         features); at the end (final) also the linear probe, H(R) and I(R;Z), printed with their protocols."""
         modes, E, k = self._eval_mode(), estimators, self.data.num_classes
-        for i, (name, (backbone, project)) in enumerate(self.backbones.items()):
+        for pos, (name, (backbone, project)) in enumerate(self.backbones.items()):
             with self.autocast():
                 (trf, trl), (tef, tel) = [extract_features(backbone, self.data, s, self.normalize) for s in ("train",
                                                                                                              "test")]
-            tag, r, main = "" if i == 0 else f"_{name}", {}, i == 0
+            tag, r, main = "" if pos == 0 else f"_{name}", {}, pos == 0
             r["knn_top1"] = E.knn_top1(trf, trl, tef, tel, k)
             if main:
                 r["online_linear_top1"] = 100.0 * (self.probe.fc(tef).argmax(1) == tel).float().mean().item()
