@@ -49,7 +49,7 @@ class ViT(torchvision.models.VisionTransformer):
 
     def tokens(self, x: Tensor, mask: Tensor = None, mask_token: Tensor = None, keep: Tensor = None) -> Tensor:
         """All output tokens (N, 1 + L', D), CLS first. mask (N, L) bool: those patch embeddings are replaced by
-        mask_token (D,) (iBOT); keep (N, L') long: only those patches enter the encoder (MAE)."""
+        mask_token (1, D) (iBOT); keep (N, L') long: only those patches enter the encoder (MAE)."""
         p = self.conv_proj(x)  # (N, D, gh, gw)
         pos = self.position_embedding(*p.shape[-2:])
         p = p.flatten(2).transpose(1, 2)  # (N, L, D)

@@ -372,6 +372,10 @@ def cosine_schedule(step: int, total: int, base: float, final: float) -> float:
     """solo-learn's EMA/temperature schedule: final - (final - base) * (cos(pi * step / total) + 1) / 2."""
     return final - (final - base) * (math.cos(math.pi * min(step, total) / max(1, total)) + 1) / 2
 
+def linspace_warmup(epoch: int, warmup: int, start: float, final: float) -> float:
+    """np.linspace(start, final, warmup)[epoch] in the first `warmup` epochs (final in the last one), then final."""
+    return start + (final - start) * min(1.0, epoch / max(1, warmup - 1)) if warmup > 0 else final
+
 # ------------------------------------------------------------------------------------------------------ evaluation
 @torch.no_grad()
 def extract_features(net: nn.Module, data: Data, split: str, normalize, batch_size=512):
@@ -601,8 +605,8 @@ class Run:
 
     def track(self, model: nn.Module, optimizers, backbones: dict, probe: OnlineProbe):
         """Register what a checkpoint holds: model (every parameter and buffer: queues, centers, memories), optimizer(s)
-        and the online probe; `backbones` {name: (backbone, project R -> Z)} are evaluated. Loads --resume into them,
-        then creates the run directory and the tensorboard writer (rank 0) and catches SIGINT / SIGTERM."""
+        and the online probe; `backbones` {name: (backbone, project R -> Z)} are evaluated, the first as the main one
+        (no tag suffix, online probe, backbone.pt). Loads --resume, makes the run directory, writer; catches signals."""
         self.model, self.probe, self.backbones = model, probe, backbones
         self.optimizers = list(optimizers) if isinstance(optimizers, (list, tuple)) else [optimizers]
         if self.ckpt is not None:
@@ -772,20 +776,20 @@ class Run:
         """MI estimates between the two views' embeddings and dimensionality on the fixed held-out pair (rank 0)."""
         if self.main:
             modes = self._eval_mode(sync=False)
-            for name, (backbone, project) in self.backbones.items():
+            for pos, (name, (backbone, project)) in enumerate(self.backbones.items()):
                 for k, v in self._metrics(backbone, project).items():
-                    self.writer.add_scalar(k + ("" if name == "main" else f"_{name}"), v, self.step_count)
+                    self.writer.add_scalar(k + ("" if pos == 0 else f"_{name}"), v, self.step_count)
             self._restore(modes)
 
     def evaluate(self, final: bool = False):
-        """kNN top-1 of each tracked backbone and the online probe's test top-1; at the end (final) also the linear
-        probe, H(R) and I(R;Z), printed with their protocols."""
+        """kNN top-1 of each tracked backbone and the online probe's test top-1 (on the first, main backbone's
+        features); at the end (final) also the linear probe, H(R) and I(R;Z), printed with their protocols."""
         modes, E, k = self._eval_mode(), estimators, self.data.num_classes
-        for name, (backbone, project) in self.backbones.items():
+        for pos, (name, (backbone, project)) in enumerate(self.backbones.items()):
             with self.autocast():
                 (trf, trl), (tef, tel) = [extract_features(backbone, self.data, s, self.normalize) for s in ("train",
                                                                                                              "test")]
-            tag, r, main = "" if name == "main" else f"_{name}", {}, name == "main"
+            tag, r, main = "" if pos == 0 else f"_{name}", {}, pos == 0
             r["knn_top1"] = E.knn_top1(trf, trl, tef, tel, k)
             if main:
                 r["online_linear_top1"] = 100.0 * (self.probe.fc(tef).argmax(1) == tel).float().mean().item()
@@ -800,7 +804,7 @@ class Run:
                 self.print(f"[{name}] kNN top-1 {r['knn_top1']:.2f}   ({E.KNN_PROTOCOL})\n[{name}] linear top-1 "
                            f"{r['linear_top1']:.2f}   ({E.LINEAR_PROTOCOL})\n[{name}] H(R) = effective rank {h:.2f} "
                            f"of {dims}; I(R;Z) = {i:.3f} nats (matrix Renyi-2, held-out batch); I(R;Z)/H(R) = "
-                           f"{i / max(h, 1e-9):.4f}" + (f"\n[main] online linear top-1 {r['online_linear_top1']:.2f}"
+                           f"{i / max(h, 1e-9):.4f}" + (f"\n[{name}] online linear top-1 {r['online_linear_top1']:.2f}"
                                                         f"   ({ONLINE_PROTOCOL})" if main else ""))
             self.results.update({key + tag: v for key, v in r.items()})
             if final and main and self.main:  # tensorboard's projector: PCA / t-SNE of test features with labels
@@ -838,7 +842,7 @@ class Run:
         self.print(f"== {self.method} on {a.dataset}: {a.backbone}, {epochs} epochs, {self.step_count} steps, "
                    f"seed {a.seed} ==")
         self.evaluate(final=True)
-        backbone = self.backbones["main"][0]
+        name, (backbone, _) = next(iter(self.backbones.items()))  # the main result: the first tracked backbone
         if self.main and _first_nonfinite(backbone) is None:
             save_checkpoint(self.dir / "backbone.pt", {k: v.cpu() for k, v in backbone.state_dict().items()})
         if a.finetune_epochs:
@@ -846,7 +850,7 @@ class Run:
                           a.finetune_epochs, a.batch_size, a.seed)
             self.results["finetune_top1"] = ft
             self.writer.add_scalar("eval/finetune_top1", ft, self.step_count) if self.main else None
-            self.print(f"[main] fine-tune top-1 {ft:.2f} after {a.finetune_epochs} epoch(s)   ({FINETUNE_PROTOCOL})")
+            self.print(f"[{name}] fine-tune top-1 {ft:.2f} after {a.finetune_epochs} epoch(s)   ({FINETUNE_PROTOCOL})")
         self.results.update(method=self.method, dataset=a.dataset, backbone=a.backbone, seed=a.seed,
                             steps=self.step_count,
                             epochs=epochs, minutes=(time.time() - self.t0) / 60, processes=self.world,

@@ -114,8 +114,10 @@ for f in sorted(Path("runs").glob(f"*__{tag}_*__*/results.json"), key=lambda p: 
 groups = {}
 for (d, m, _), r in latest.items():
     groups.setdefault((d, m), []).append(r)
-    if "knn_top1_g" in r:
-        groups.setdefault((d, m + " (g)"), []).append({k[:-2]: v for k, v in r.items() if k.endswith("_g")} | {"steps": r["steps"]})
+    for other in ("g", "student"):  # the second network of SDMI (g) and of DINO / iBOT (the student; main = teacher)
+        if f"knn_top1_{other}" in r:
+            groups.setdefault((d, f"{m} ({other})"), []).append({k[:-len(other) - 1]: v for k, v in r.items()
+                                                                  if k.endswith("_" + other)} | {"steps": r["steps"]})
 def ms(rs, k, digits=2):
     v = [r[k] for r in rs if k in r]
     if not v:

@@ -25,8 +25,9 @@ Implementation details (defaults = solo-learn's tuned CIFAR recipe, scripts/pret
    epoch (paper, solo-learn): --freeze-last-layer-epochs.
 3. Teacher = EMA of the student's backbone and head, tau_t = 1 - (1 - tau_base)(cos(pi t / T) + 1) / 2 per step,
    0.9995 -> 1.0 (solo-learn; paper 0.996 -> 1). Parameters only; the teacher's BatchNorm runs on batch statistics.
-4. Temperatures: student 0.1; teacher 0.04 -> 0.07 linearly over the first 50 epochs, then 0.07 (paper: over 30
-   epochs; solo-learn's former default 50, its current default 0 = constant 0.07): --warmup-teacher-temp-epochs.
+4. Temperatures: student 0.1; teacher 0.04 -> 0.07 linearly over the first 50 epochs (epoch 0: 0.04, epoch 49: 0.07,
+   the official np.linspace), then 0.07 (paper: over 30 epochs; solo-learn's former default 50, its current default
+   0 = constant 0.07): --warmup-teacher-temp-epochs.
 5. Center c <- 0.9 c + 0.1 mean of the teacher logits over the batch and both global views, after the loss (paper).
 6. Loss: mean over the (teacher global view i, student view v != i) pairs of -sum_k P_t(i)_k log P_s(v)_k with
    P_t = softmax((t - c) / T_t), P_s = softmax(s / T_s) (paper).
@@ -35,8 +36,10 @@ Implementation details (defaults = solo-learn's tuned CIFAR recipe, scripts/pret
 8. Several processes: the loss is per image (teacher and student views of the same image), so it needs no gather;
    the center is the mean of the teacher logits over the global batch (gathered; the paper all-reduces it), so it
    stays identical on every process. --sync-bn on by default (solo-learn; the ResNet backbone has BatchNorm).
-9. Evaluation: main = student backbone (as solo-learn; backbone.pt holds it), g = teacher backbone (the paper evaluates
-   the teacher). R = backbone output, Z = head's 256-d bottleneck (before the l2-normalization).
+9. Evaluation: main = the teacher's backbone (the paper and its official kNN / linear scripts evaluate the teacher;
+   backbone.pt holds it), reported beside it: the student's (solo-learn's main, results *_student). The online probe
+   trains on the teacher's R of view 1 (detached; the network the other numbers measure). R = backbone output, Z =
+   head's 256-d bottleneck (before the l2-normalization).
 """
 import copy
 import sys
@@ -196,12 +199,12 @@ def main(args: Args):
     optimizer = common.make_optimizer(args.optimizer, common.param_groups(model, args.weight_decay),
                                       args.lr * args.batch_size / 256)
     probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
-    run.track(model, optimizer, {"main": (backbone, head.mlp), "g": (teacher[0], teacher[1].mlp)}, probe)
+    run.track(model, optimizer, {"teacher": (teacher[0], teacher[1].mlp), "student": (backbone, head.mlp)}, probe)
 
     for epoch in run.epochs():
         head.last_layer.requires_grad_(epoch >= args.freeze_last_layer_epochs)  # frozen: no gradient, not updated
-        warm = min(1.0, epoch / args.warmup_teacher_temp_epochs) if args.warmup_teacher_temp_epochs else 1.0
-        teacher_temp = args.warmup_teacher_temp + warm * (args.teacher_temp - args.warmup_teacher_temp)
+        teacher_temp = common.linspace_warmup(epoch, args.warmup_teacher_temp_epochs, args.warmup_teacher_temp,
+                                              args.teacher_temp)  # per epoch, the official np.linspace schedule
         for x, y in run.batches(epoch):
             lr = run.update_lr()
             tau = common.cosine_schedule(run.step_count - 1, run.total_steps, args.tau_base, args.tau_final)
@@ -210,7 +213,8 @@ def main(args: Args):
                 r = [backbone(v) for v in views]  # R: V x (n, feat_dim)
                 s = torch.stack([head(r_v) for r_v in r])  # student logits (V, n, K)
                 with torch.no_grad():
-                    t = torch.stack([teacher(v) for v in views[:2]])  # teacher logits, global views (2, n, K)
+                    r_t = [teacher[0](v) for v in views[:2]]  # the teacher's R of the global views
+                    t = torch.stack([teacher[1](r_v) for r_v in r_t])  # teacher logits, global views (2, n, K)
             loss = dino_loss(s.float(), t.float(), model.center, args.student_temp, teacher_temp)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -218,7 +222,7 @@ def main(args: Args):
             optimizer.step()
             update_center(model.center, common.gather(t.float().transpose(0, 1)).transpose(0, 1), args.center_momentum)
             ema_update(student, teacher, tau)  # why after the step: the teacher follows the updated student
-            probe_loss, probe_acc = probe.update(r[0], y)
+            probe_loss, probe_acc = probe.update(r_t[0], y)  # the teacher's R of view 1: the network evaluated
             run.log({"losses/dino": loss, "losses/total": loss, "losses/online_linear": probe_loss,
                      "charts/online_linear_train_top1": probe_acc, "charts/learning_rate": lr, "charts/momentum": tau,
                      "charts/teacher_temp": teacher_temp})

@@ -21,7 +21,8 @@ solo-learn's ResNet recipe):
    32 px (64 patches + CLS; the paper: 16 at 224 px; Gani et al., BMVC 2022, CIFAR DINO-ViT: 4). R = the CLS token
    after the final LayerNorm. No drop-path (torchvision's ViT has none; the paper: 0.1). ResNets are refused (dino.py).
 2. Multi-crop: 2 global views of 32 px, crop scale 0.4-1, and --num-local-crops 8 (paper) local views of
-   --local-crop-size px (0: half the image, 16 px at 32 px: 4 x 4 patches; the paper's 96/224), scale 0.05-0.4 (paper;
+   --local-crop-size px (0: the largest multiple of the patch at most half the image: 16 px at 32 px, 4 x 4 patches;
+   12 px at 28 px; the paper's 96/224; another size must be a multiple of the patch), scale 0.05-0.4 (paper;
    Gani et al. use 0.7-1 and 0.2-0.5): --global-crops-scale, --local-crops-scale. Local views go to the student only,
    through the same ViT with a bicubically interpolated position embedding. Views of one size are batched together
    (the official MultiCropWrapper; exact, since nothing in the ViT or the head couples the images of a batch).
@@ -50,8 +51,20 @@ solo-learn's ResNet recipe):
    gradients are averaged before the clipping, so the clip sees the global batch's gradient. The center is the mean of
    the teacher logits over the global batch (gathered; the paper all-reduces it). --sync-bn off by default: neither the
    ViT nor the head has BatchNorm.
-12. Evaluation: main = student backbone (backbone.pt holds it), g = teacher backbone (the paper evaluates the teacher).
-   R = backbone output (CLS), Z = head's 256-d bottleneck (before the l2-normalization).
+12. Evaluation: main = the teacher's backbone (the paper and its official kNN / linear scripts evaluate the teacher;
+   backbone.pt holds it), reported beside it: the student's (results *_student). The online probe trains on the
+   teacher's R of global view 1 (detached). R = backbone output (CLS), Z = head's 256-d bottleneck (before the
+   l2-normalization).
+13. Still differs from the official code: (a) ViT init: torchvision's (patch conv trunc-normal sqrt(1/fan_in), MLPs and
+   the attention's input projection xavier-uniform, position embedding normal 0.02, class token 0), not
+   trunc_normal(0.02) for every Linear, the class token and the position embedding (the class as torchvision builds it;
+   the effect is not measured). (b) Local crops' position embedding: bicubic to the local grid's size; the official
+   passes scale_factor (g' + 0.1) / g, which samples the trained grid shrunk towards its top-left corner by up to 0.17
+   cell (8 x 8 -> 4 x 4). (c) --finetune-epochs (common.finetune, every method's short protocol) reads the CLS token
+   with a default-initialized Linear, plain cross-entropy (no label smoothing, mixup or cutmix) and decays the class
+   token and position embedding; the paper fine-tunes with DeiT's recipe (smoothing 0.1, mixup, cutmix, no decay on
+   those tokens). The linear probe reads the last CLS token (the official eval_linear.py: the last 4 blocks' CLS tokens
+   concatenated for ViT-S).
 """
 import copy
 import sys
@@ -149,7 +162,7 @@ class Args:
     num_local_crops: int = 8
     """local views for multi-crop, student only (0: only the two global views)"""
     local_crop_size: int = 0
-    """size in px of the local views (0: half the image size); a multiple of the patch size"""
+    """size in px of the local views, a multiple of the patch size (0: the largest one at most half the image)"""
     global_crops_scale: Tuple[float, float] = (0.4, 1.0)
     """random-resized-crop area range of the two global views"""
     local_crops_scale: Tuple[float, float] = (0.05, 0.4)
@@ -215,15 +228,15 @@ def main(args: Args):
         raise common.UserError(f"DINO with a ResNet has its own recipe: python methods/dino.py --backbone "
                                f"{args.backbone}.")
     run = common.Run(args, "dino_vit")
-    size, local_size = run.data.image_size, args.local_crop_size or run.data.image_size // 2
+    size, p = run.data.image_size, args.patch_size or common.default_patch(run.data.image_size)
+    local_size = args.local_crop_size or max(p, size // 2 // p * p)  # 0: the largest multiple of p <= size / 2
+    if local_size % p or local_size < 0:
+        raise common.UserError(f"--local-crop-size {local_size} is not a positive multiple of the patch size {p}.")
     views = [common.ViewSpec(size, scale=args.global_crops_scale, blur_p=args.blur_p[0]),
              common.ViewSpec(size, scale=args.global_crops_scale, blur_p=args.blur_p[1], solarize_p=0.2)]
     views += [common.ViewSpec(local_size, scale=args.local_crops_scale, blur_p=args.blur_p[2])] * args.num_local_crops
     aug = run.augment(views)
-    backbone, feat_dim = common.build_backbone(args.backbone, size, args.patch_size)
-    if args.num_local_crops and local_size % backbone.patch_size:
-        raise common.UserError(f"--local-crop-size {local_size} is not a multiple of the patch size "
-                               f"{backbone.patch_size}.")
+    backbone, feat_dim = common.build_backbone(args.backbone, size, p)
     head = DINOHead(feat_dim, args.proj_hidden_dim, args.proj_output_dim, args.num_prototypes)
     student = nn.Sequential(backbone, head)
     teacher = copy.deepcopy(student).requires_grad_(False)  # why: the teacher only follows the student by EMA
@@ -233,11 +246,11 @@ def main(args: Args):
     optimizer = common.make_optimizer(args.optimizer, common.param_groups(model, args.weight_decay),
                                       args.lr * args.batch_size / 256)
     probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
-    run.track(model, optimizer, {"main": (backbone, head.mlp), "g": (teacher[0], teacher[1].mlp)}, probe)
+    run.track(model, optimizer, {"teacher": (teacher[0], teacher[1].mlp), "student": (backbone, head.mlp)}, probe)
 
     for epoch in run.epochs():
-        warm = min(1.0, epoch / max(1, args.warmup_teacher_temp_epochs - 1)) if args.warmup_teacher_temp_epochs else 1.0
-        teacher_temp = args.warmup_teacher_temp + warm * (args.teacher_temp - args.warmup_teacher_temp)
+        teacher_temp = common.linspace_warmup(epoch, args.warmup_teacher_temp_epochs, args.warmup_teacher_temp,
+                                              args.teacher_temp)  # per epoch, the official np.linspace schedule
         for x, y in run.batches(epoch):
             lr = run.update_lr()
             wd = common.cosine_schedule(run.step_count - 1, run.total_steps, args.weight_decay, args.weight_decay_end)
@@ -249,7 +262,8 @@ def main(args: Args):
                 r_local = [backbone(torch.cat(views[2:]))] if views[2:] else []  # local views (Ln, feat_dim)
                 s = head(torch.cat([r, *r_local])).view(len(views), n, -1)  # student logits, all views (V, n, K)
                 with torch.no_grad():
-                    t = teacher(torch.cat(views[:2])).view(2, n, -1)  # teacher logits, global views only (2, n, K)
+                    r_t = teacher[0](torch.cat(views[:2]))  # the teacher's R of both global views (2n, feat_dim)
+                    t = teacher[1](r_t).view(2, n, -1)  # teacher logits, global views only (2, n, K)
             loss = dino_loss(s.float(), t.float(), model.center, args.student_temp, teacher_temp)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -260,7 +274,7 @@ def main(args: Args):
             optimizer.step()
             update_center(model.center, common.gather(t.float().transpose(0, 1)).transpose(0, 1), args.center_momentum)
             ema_update(student, teacher, tau)  # why after the step: the teacher follows the updated student
-            probe_loss, probe_acc = probe.update(r[:n], y)  # R of global view 1
+            probe_loss, probe_acc = probe.update(r_t[:n], y)  # the teacher's R of global view 1: the network evaluated
             run.log({"losses/dino": loss, "losses/total": loss, "losses/online_linear": probe_loss,
                      "charts/online_linear_train_top1": probe_acc, "charts/learning_rate": lr, "charts/momentum": tau,
                      "charts/teacher_temp": teacher_temp, "charts/weight_decay": wd})

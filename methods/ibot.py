@@ -2,39 +2,34 @@
 Zhou, Wei, Wang, Shen, Xie, Yuille, Kong, 2022 (ICLR), arXiv:2111.07832. ViT only.
 
 DINO on the CLS token plus masked image modelling on patch tokens: the student sees the global views with some patches
-replaced by a learned mask token, the EMA teacher (no gradient; the "online tokenizer") sees them intact, and at each
-masked patch the student's softmax over K prototypes must match the teacher's. Collapse is prevented as in DINO, on
-both outputs: a center each (running mean of the teacher logits, subtracted: no prototype dominates) against a low
-teacher temperature (sharpening: no uniform output), with the stop-gradient and the slow teacher.
-MI reading (ours): iBOT = DINO's SDMI reading (EMA teacher, centering + sharpening stand in for the marginal term) plus
-the same on masked patch tokens.
+replaced by a learned mask token, the EMA teacher (the "online tokenizer", no gradient) sees them intact, and at each
+masked patch the student's softmax over K prototypes must match the teacher's. Collapse is prevented as in DINO, on both
+outputs: centering (no prototype dominates) against sharpening (no uniform output), a stop-gradient and a slow teacher.
+MI reading (ours): DINO's SDMI reading (EMA teacher; centering + sharpening for the marginal term), on patches too.
 
     python methods/ibot.py --dataset cifar10                                  # ViT-Tiny/4, 2 x 32 px + 10 x 16 px
     python methods/ibot.py --dataset synthetic --patch-size 8 --epochs 2 --out-dim 1024   # CPU, no files needed
 
 Implementation details (defaults = official main_ibot.py ViT-S command at 32 px, else methods/dino_vit.py's choices):
-1. ViT-Tiny, patch 4 at 32 px (8 x 8; paper 16 at 224), no drop-path (official 0.1), sync-BN off (no BN). Mask token
-   (D,), zeros at init, replaces masked patch embeddings before the position embedding (official), outside the backbone.
-2. Views: 2 global of 32 px, scale 0.4-1, 10 local (paper) of 16 px, scale 0.05-0.4 (DINO's; paper 0.25-1 / 0.05-0.25):
-   --num-local-crops, --*-crops-scale. Locals: student only, unmasked, CLS loss only. Colour as dino_vit.py (no blur).
+1. ViT-Tiny, patch 4 at 32 px (8 x 8; paper 16 at 224), no drop-path (official 0.1), no BN. Colour as dino_vit.py. Mask
+   token (1, D), zeros at init, replaces masked patch embeddings before the position embedding (official).
+2. Views: 2 global of 32 px, scale 0.4-1; 10 local (paper) of --local-crop-size px (0: the largest multiple of the patch
+   <= size / 2), scale 0.05-0.4 (DINO's; paper 0.25-1 / 0.05-0.25), student only, unmasked, CLS loss only.
 3. Masks (official ImageFolderMask) per global view and image: fraction --pred-ratio 0 0.3 --pred-ratio-var 0 0.2 (half
-   unmasked, half U[0.1, 0.5]); rectangles added while one brings 1..room new patches: count <= target, short by < 3 on
-   8 x 8 (tested). Vectorized over images; drawn for the global batch with run.gen, then run.shard.
-4. One head for CLS and patches (official --shared_head): Linear(2048)-GELU-Linear(2048)-GELU-Linear(256), l2-norm,
-   weight-normalized Linear(256, K), norm fixed to 1 (official default; its ViT-S command learns it: not exposed); K =
-   4096 (paper 8192; patch logits are (2N, L, K)): --out-dim. Teacher EMA 0.996 -> 1 cosine per step. Temperatures:
-   student 0.1, teacher CLS and patch 0.04 -> 0.07 linearly over 30 epochs (official np.linspace), then 0.07.
+   unmasked, half U[0.1, 0.5]), in rectangles (count <= target, < 3 short on 8 x 8), drawn for the global batch.
+4. One head for CLS and patches (official --shared_head): MLP 2048-2048-256 (GELU), l2-norm, weight-normalized
+   Linear(256, K), norm fixed to 1 (official default; its ViT-S command learns it), K = 4096 (paper 8192): --out-dim.
+   EMA 0.996 -> 1 (cosine). Temperatures: student 0.1, teacher CLS and patch 0.04 -> 0.07 over 30 epochs (np.linspace).
 5. Loss = CLS + patch (lambda1 = lambda2 = 1). CLS: DINO's (teacher global view i, student views v != i). Patch: student
    masked view i vs teacher view i; per image the sum of H(P_t, P_s) over its masked patches / max(1, count) (0 if none,
-   official), mean over images. P_t = softmax((t - c) / T_t); centers c <- 0.9 c + 0.1 batch mean.
+   official), mean over images. P_t = softmax((t - c) / T_t); centers c <- 0.9 c + 0.1 mean of the global batch
+   (gathered; patch center: of per-image means). Per-image losses: several processes need no gather.
 6. AdamW, lr 5e-4 x batch/256, 10 warmup epochs, cosine to 0 (official 1e-6); weight decay 0.04 -> 0.4 cosine per step
-   on param_groups[0] (biases, norms, mask token: 0); per-parameter gradient norm clip 3.0 (official clip_gradients);
-   last layer's gradient cancelled in epoch 1. 200 epochs (paper 800), batch 256 (paper 1024), CUDA bf16 (paper fp16).
-7. Several processes: both losses are per image (an image's terms use its own views, its own masked count and the
-   centers, equal on all processes): local means + averaged gradients = the global batch's, no gather. Both centers are
-   global-batch means (teacher outputs gathered; the patch center from per-image patch means, all of L patches).
-8. Eval: main = student backbone (backbone.pt), g = teacher's; R = CLS token, Z = head's 256-d bottleneck. The online
-   probe trains on the student's CLS of global view 1 as seen in training (masked for about half).
+   on weights, class and mask tokens, position embedding (official; biases, norms: 0); each parameter's gradient norm
+   clipped to 3.0 (official); last layer frozen in epoch 1. 200 epochs (paper 800), batch 256 (1024), CUDA bf16 (fp16).
+7. Eval: main = the teacher (the official scripts evaluate it; backbone.pt), the student beside it (*_student); online
+   probe on the teacher's CLS of global view 1 (unmasked). R = CLS, Z = 256-d bottleneck.
+8. Other differences from the official code: dino_vit.py item 13 (ViT init, local position embeddings, fine-tuning).
 """
 import copy
 import math
@@ -136,6 +131,8 @@ class Args:
     """the head's last layer gets no update during the first N epochs (its gradient is cancelled)"""
     num_local_crops: int = 10
     """local views for multi-crop, student only, CLS loss only (0: only the two global views)"""
+    local_crop_size: int = 0
+    """size in px of the local views, a multiple of the patch size (0: the largest one at most half the image)"""
     global_crops_scale: Tuple[float, float] = (0.4, 1.0)
     """random-resized-crop area range of the two global views"""
     local_crops_scale: Tuple[float, float] = (0.05, 0.4)
@@ -161,9 +158,8 @@ class DINOHead(nn.Module):
 
 @torch.no_grad()
 def block_masks(n: int, gh: int, gw: int, pred_ratio, pred_ratio_var, g: torch.Generator, tries: int = 10):
-    """n masks (n, gh * gw) bool and targets (n,): per image a (mean, var) pair chosen uniformly, fraction U[mean - var,
-    mean + var]; per round each unfinished image adds its first valid rectangle of `tries` (h < gh, w < gw, 1..room
-    new patches; area U[low, room], log aspect U(log 0.3, -log 0.3)), done at its target or when all tries fail."""
+    """n masks (n, gh * gw) bool, targets (n,): fraction U[mean - var, mean + var], (mean, var) drawn per image; each
+    round, every unfinished image adds its first valid rectangle of `tries` (h < gh, w < gw, 1..room new patches)."""
     dev = g.device
     m, v = (torch.tensor(t, dtype=torch.float32, device=dev) for t in (pred_ratio, pred_ratio_var))
     k, u = torch.randint(len(m), (n,), generator=g, device=dev), torch.rand(n, generator=g, device=dev)
@@ -190,8 +186,8 @@ def block_masks(n: int, gh: int, gw: int, pred_ratio, pred_ratio_var, g: torch.G
 
 def dino_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, center: torch.Tensor, student_temp: float,
               teacher_temp: float) -> torch.Tensor:
-    """CLS loss: H(P_t(i), P_s(v)), centered and sharpened teacher global view i, student view v != i, mean over pairs
-    and images. student_out: (V, N, K) logits of all views, the 2 global views first; teacher_out: (2, N, K)."""
+    """CLS loss: H(P_t(i), P_s(v)), teacher global view i, student view v != i, mean over pairs and images.
+    student_out: (V, N, K) logits of all views, the 2 global views first; teacher_out: (2, N, K)."""
     p_t = F.softmax((teacher_out - center) / teacher_temp, dim=-1).detach()  # (2, N, K), no gradient to the teacher
     log_p_s = F.log_softmax(student_out / student_temp, dim=-1)  # (V, N, K)
     ce = -torch.einsum("ink,vnk->iv", p_t, log_p_s) / student_out.shape[1]  # (2, V): batch mean of -sum_k P_t log P_s
@@ -234,29 +230,32 @@ def main(args: Args):
         raise common.UserError("iBOT masks patch tokens: it needs a ViT (--backbone vit_tiny or vit_small) and one "
                                "--pred-ratio-var per --pred-ratio.")
     run = common.Run(args, "ibot")
-    size, gs, ls = run.data.image_size, args.global_crops_scale, args.local_crops_scale
+    size, p = run.data.image_size, args.patch_size or common.default_patch(run.data.image_size)  # p: the ViT's patch
+    grid, gs, ls = size // p, args.global_crops_scale, args.local_crops_scale  # grid x grid patches
+    local_size = args.local_crop_size or max(p, size // 2 // p * p)  # 0: the largest multiple of p <= size / 2
+    if local_size % p or local_size < 0:
+        raise common.UserError(f"--local-crop-size {local_size} is not a positive multiple of the patch size {p}.")
     views = [common.ViewSpec(size, gs), common.ViewSpec(size, gs, solarize_p=0.2)]  # global views: masked, teacher
-    views += [common.ViewSpec(size // 2, ls)] * args.num_local_crops  # local views: student only, CLS loss only
+    views += [common.ViewSpec(local_size, ls)] * args.num_local_crops  # local views: student only, CLS loss only
     aug = run.augment(views)
-    backbone, feat_dim = common.build_backbone(args.backbone, size, args.patch_size)
-    grid = size // backbone.patch_size  # the global views' patch grid (grid x grid)
+    backbone, feat_dim = common.build_backbone(args.backbone, size, p)
     head = DINOHead(feat_dim, args.proj_hidden_dim, args.proj_output_dim, args.out_dim)  # shared: CLS and patches
     student = nn.Sequential(backbone, head)
     teacher = copy.deepcopy(student).requires_grad_(False)  # why: the teacher only follows the student by EMA
     model = nn.ModuleDict(dict(student=student, teacher=teacher))
-    model.mask_token = nn.Parameter(torch.zeros(feat_dim))  # the student's, outside the backbone (backbone.pt)
+    model.mask_token = nn.Parameter(torch.zeros(1, feat_dim))  # the student's, outside backbone.pt; (1, D): decayed
     model.register_buffer("center", torch.zeros(args.out_dim))  # CLS center; buffers: checkpointed
     model.register_buffer("center_patch", torch.zeros(args.out_dim))
     model = run.prepare(model)
     optimizer = common.make_optimizer(args.optimizer, common.param_groups(model, args.weight_decay),
                                       args.lr * args.batch_size / 256)
     probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
-    run.track(model, optimizer, {"main": (backbone, head.mlp), "g": (teacher[0], teacher[1].mlp)}, probe)
+    run.track(model, optimizer, {"teacher": (teacher[0], teacher[1].mlp), "student": (backbone, head.mlp)}, probe)
 
     for epoch in run.epochs():
-        warm = min(1.0, epoch / max(1, args.warmup_teacher_temp_epochs - 1)) if args.warmup_teacher_temp_epochs else 1.0
-        teacher_temp = args.warmup_teacher_temp + warm * (args.teacher_temp - args.warmup_teacher_temp)
-        patch_temp = args.warmup_teacher_temp + warm * (args.teacher_patch_temp - args.warmup_teacher_temp)
+        w, t0 = args.warmup_teacher_temp_epochs, args.warmup_teacher_temp  # per epoch, as np.linspace
+        teacher_temp = common.linspace_warmup(epoch, w, t0, args.teacher_temp)
+        patch_temp = common.linspace_warmup(epoch, w, t0, args.teacher_patch_temp)
         for x, y in run.batches(epoch):
             lr = run.update_lr()
             wd = common.cosine_schedule(run.step_count - 1, run.total_steps, args.weight_decay, args.weight_decay_end)
@@ -271,7 +270,8 @@ def main(args: Args):
                 s = head(tok)  # student logits of CLS and every patch, global views (2n, 1 + L, K)
                 s_local = [head(backbone(torch.cat(views[2:])))] if views[2:] else []  # local CLS logits (Ln, K)
                 with torch.no_grad():
-                    t = teacher[1](teacher[0].tokens(glob))  # teacher, unmasked (2n, 1 + L, K)
+                    tok_t = teacher[0].tokens(glob)  # the teacher's tokens, unmasked (2n, 1 + L, D)
+                    t = teacher[1](tok_t)  # teacher logits of CLS and every patch (2n, 1 + L, K)
             s_cls = torch.cat([s[:, 0], *s_local]).view(len(views), n, -1)  # (V, n, K)
             t_cls, t_patch = t[:, 0].view(2, n, -1), t[:, 1:]  # (2, n, K), (2n, L, K)
             loss_cls = dino_loss(s_cls, t_cls, model.center, args.student_temp, teacher_temp)
@@ -288,7 +288,7 @@ def main(args: Args):
             t_img = t_patch.mean(1).view(2, n, -1).transpose(0, 1)  # per-image patch means (n, 2, K), L each
             update_center(model.center_patch, common.gather(t_img).transpose(0, 1), args.center_momentum)
             ema_update(student, teacher, tau)  # why after the step: the teacher follows the updated student
-            probe_loss, probe_acc = probe.update(tok[:n, 0], y)  # R of global view 1 (as the student saw it)
+            probe_loss, probe_acc = probe.update(tok_t[:n, 0], y)  # the teacher's R of global view 1 (evaluated)
             run.log({"losses/cls": loss_cls, "losses/patch": loss_patch, "losses/total": loss,
                      "losses/online_linear": probe_loss, "charts/online_linear_train_top1": probe_acc,
                      "charts/learning_rate": lr, "charts/momentum": tau, "charts/weight_decay": wd,

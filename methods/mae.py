@@ -49,6 +49,11 @@ Implementation details (defaults = the paper and its official code, facebookrese
 10. Tensorboard images/reconstruction at every evaluation (--eval-every) and at the end: for a few test images, the
    image, the masked input (masked patches gray) and the reconstruction (visible patches from the image, masked ones
    predicted, un-normalized with the true patch's mean and variance), side by side; the same fixed masks each time.
+11. Still differs from the official fine-tuning (main_finetune.py), besides item 9's list: the head reads the CLS token
+   after the encoder's LayerNorm (official: mean of the patch tokens, then its own LayerNorm fc_norm); the head is a
+   default-initialized Linear (official: trunc_normal std 2e-5); plain cross-entropy (official: label smoothing 0.1);
+   the class token and position embedding are trained with weight decay (official: excluded, no_weight_decay). Kept
+   as common.finetune's one protocol for every method; their effect here is not measured.
 """
 import sys
 from dataclasses import dataclass

@@ -149,3 +149,45 @@ def naive_dino(s, t, c, ts, tt):
                 lse = max(sl) + math.log(sum(math.exp(x - max(sl)) for x in sl))
                 terms.append(-sum(pk * (sk - lse) for pk, sk in zip(pt, sl)))
     return sum(terms) / len(terms)
+
+
+@pytest.fixture
+def probe_inputs(monkeypatch):
+    """What the online probe trained on at each step, beside every output of the main (first tracked) backbone since
+    the probe's previous step (a ViT: the CLS token of each tokens() call): a list of (probe features, [outputs])."""
+    seen, pending, update, track = [], [], common.OnlineProbe.update, common.Run.track
+
+    def spy_update(self, feats, y):
+        seen.append((feats.detach().clone(), list(pending)))
+        pending.clear()
+        return update(self, feats, y)
+
+    def spy_track(self, model, optimizers, backbones, probe):
+        net = next(iter(backbones.values()))[0]
+        if isinstance(net, common.ViT):  # the ViT methods call tokens() directly; forward() calls it too
+            tokens = net.tokens
+            net.tokens = lambda *a, **k: pending.append(tokens(*a, **k)) or pending[-1]
+        else:
+            net.register_forward_hook(lambda m, i, out: pending.append(out))
+        return track(self, model, optimizers, backbones, probe)
+
+    monkeypatch.setattr(common.OnlineProbe, "update", spy_update)
+    monkeypatch.setattr(common.Run, "track", spy_track)
+    return seen
+
+
+def check_the_teacher_is_the_main_result(t, seen, out: str):
+    """DINO, DINO-ViT, iBOT: backbone.pt is the teacher's backbone (not the student's); the results without a suffix
+    and the printed [teacher] lines are the teacher's, the student is reported as *_student; from step 2 on (at step 1
+    the two networks are still equal) the online probe trains on the teacher's features of that step."""
+    model = torch.load(t.dir / "last.pt", weights_only=True)["model"]
+    saved = torch.load(t.dir / "backbone.pt", weights_only=True)
+    assert all(torch.equal(v, model[f"teacher.0.{k}"]) for k, v in saved.items())
+    assert not all(torch.equal(v, model[f"student.0.{k}"]) for k, v in saved.items())
+    assert {"knn_top1", "linear_top1", "online_linear_top1", "knn_top1_student", "linear_top1_student"} <= set(t.results)
+    assert not [k for k in t.results if k.endswith("_g")] and "online_linear_top1_student" not in t.results
+    assert "[teacher] kNN top-1" in out and "[student] kNN top-1" in out and "[teacher] online linear top-1" in out
+    assert len(seen) >= 2
+    for feats, outs in seen[1:]:
+        cls = [o[:, 0] if o.ndim == 3 else o for o in outs]  # ViT tokens (N, 1 + L, D): the CLS token is R
+        assert any(c.shape[1:] == feats.shape[1:] and torch.equal(c[:len(feats)], feats) for c in cls)

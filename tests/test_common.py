@@ -49,6 +49,17 @@ def test_schedules():
     assert common.cosine_schedule(100, 100, 0.99, 1.0) == pytest.approx(1.0)
 
 
+def test_linspace_warmup_is_the_official_teacher_temperature_schedule():
+    """DINO / iBOT: np.concatenate((np.linspace(start, final, W), final for the other epochs)), indexed by epoch: start
+    at epoch 0, final from epoch W - 1 on (W = 1: start in epoch 0 only; W = 0: final from the start)."""
+    for w in (0, 1, 2, 3, 30, 50):
+        official = np.concatenate((np.linspace(0.04, 0.07, w), np.full(w + 3, 0.07)))
+        ours = [common.linspace_warmup(e, w, 0.04, 0.07) for e in range(2 * w + 3)]
+        assert np.allclose(ours, official, atol=1e-12, rtol=0), w
+    assert abs(common.linspace_warmup(29, 30, 0.04, 0.07) - 0.07) < 1e-12  # the last warmup epoch: the final value
+    assert abs(common.linspace_warmup(1, 3, 0.04, 0.07) - 0.055) < 1e-12  # halfway through epochs 0, 1, 2
+
+
 def test_checkpoint_is_atomic_and_a_full_disk_is_one_line(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     common.save_checkpoint(path, {"step": 1})

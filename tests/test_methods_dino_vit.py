@@ -1,11 +1,12 @@
 """DINO with a ViT (methods/dino_vit.py): the per-parameter gradient clipping on a hand-made example, the multi-crop
 loss against explicit loops, local crops through the ViT with an interpolated position embedding, and end to end
-(ViT-Tiny, patch 8, 8 local crops of 16 px): tags, checkpoint, backbone.pt into torchvision's VisionTransformer, the
-last layer frozen during epoch 0 and updated in epoch 1, the weight-decay and teacher-temperature schedules as the loop
-ran them; methods/dino.py refusing a ViT in one line."""
+(ViT-Tiny, patch 8, 8 local crops of 16 px): tags, checkpoint, backbone.pt (the teacher's) into torchvision's
+VisionTransformer, the last layer frozen during epoch 0 and updated in epoch 1, the weight-decay and teacher-temperature
+schedules as the loop ran them; the local crop size (dino_vit.py and ibot.py); methods/dino.py refusing a ViT."""
 import math
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -14,7 +15,8 @@ import torchvision
 import common
 import dino
 import dino_vit
-from conftest import TINY, events, naive_dino
+import ibot
+from conftest import TINY, check_the_teacher_is_the_main_result, events, naive_dino
 from dino_vit import clip_gradients, dino_loss
 
 # ViT-Tiny/8 at 32 px (16 patches; 16-px local crops: 4 patches), a small head: a few CPU seconds per step
@@ -76,6 +78,39 @@ def test_local_crops_go_through_the_vit_with_an_interpolated_position_embedding(
         assert torch.allclose(pos[0, 1:], torch.linspace(-1, 1, 192).expand(grid[0] * grid[1], -1), atol=1e-5)
 
 
+class Built(Exception):
+    """Raised where the run would build its augmentation: the views are known, nothing is built or trained."""
+
+
+@pytest.mark.parametrize("module", [dino_vit, ibot], ids=lambda m: m.__name__)
+def test_the_default_local_crop_size_is_a_multiple_of_the_patch_and_others_are_refused(cli, tmp_path, monkeypatch,
+                                                                                      module):
+    """28-px images (MedMNIST, Fashion-MNIST), patch 4: local views of 12 px (3 x 3 patches; half the image, 14, was
+    refused by dino_vit.py and silently cut to 3 x 3 by ibot.py's patch embedding); 32 px: 16. A hand-given 14: one
+    line, exit 2."""
+    rng, sizes = np.random.default_rng(0), {}
+    for px in (28, 32):  # a MedMNIST-style .npz of px-pixel images
+        images = [rng.integers(0, 255, (n, px, px, 3), dtype=np.uint8) for n in (32, 8)]
+        np.savez(tmp_path / f"{px}.npz", train_images=images[0], train_labels=rng.integers(0, 8, (32, 1)),
+                 test_images=images[1], test_labels=rng.integers(0, 8, (8, 1)))
+
+    def built(run, views):
+        sizes[run.data.image_size] = sorted({v.size for v in views})
+        raise Built
+
+    monkeypatch.setattr(common.Run, "augment", built)
+    flags = ("--backbone", "vit_tiny", "--batch-size", 16, "--device", "cpu", "--num-local-crops", 2)
+    for px in (28, 32):
+        with pytest.raises(Built):
+            cli(module, "--dataset", "medmnist", "--data-dir", tmp_path / f"{px}.npz", *flags)
+    assert sizes == {28: [12, 28], 32: [16, 32]}
+    vit, dim = common.build_backbone("vit_tiny", 28)  # a 12-px crop: a 3 x 3 grid, its position embedding interpolated
+    assert vit.patch_size == 4 and vit.tokens(torch.zeros(2, 3, 12, 12)).shape == (2, 1 + 9, dim)
+    code, _, err = cli(module, "--dataset", "medmnist", "--data-dir", tmp_path / "28.npz", "--local-crop-size", 14,
+                       *flags)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--local-crop-size 14" in err and "patch size 4" in err
+
+
 # --------------------------------------------------------------------------------------------------- refusals
 def test_dino_refuses_a_vit_in_one_line(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["dino.py", "--backbone", "vit_tiny", "--dataset", "synthetic"])
@@ -91,7 +126,7 @@ def test_dino_vit_refuses_a_resnet():
 
 
 # ------------------------------------------------------------------------------------------------ end to end
-def test_end_to_end_vit_tiny_and_the_last_layer_frozen_in_epoch_0(train, capsys):
+def test_end_to_end_vit_tiny_and_the_last_layer_frozen_in_epoch_0(train, probe_inputs, capsys):
     """64 images, batch 32: 2 steps per epoch; stopping at step 2 is the end of epoch 0."""
     t = train(dino_vit, *TINY, *VIT, "--max-steps", 2, "--eval-every", 1, "--mi-every", 1, "--save-every", 1,
               images=64)
@@ -106,11 +141,13 @@ def test_end_to_end_vit_tiny_and_the_last_layer_frozen_in_epoch_0(train, capsys)
     for tag in ("losses/dino", "losses/total", "losses/online_linear", "charts/online_linear_train_top1",
                 "charts/learning_rate", "charts/momentum", "charts/teacher_temp", "charts/weight_decay",
                 "charts/views_per_sec", "mi/cos_dv", "mi/infonce", "mi/jsd", "dim/erank_R", "dim/erank_Z", "dim/mi_RZ",
-                "eval/knn_top1", "eval/knn_top1_g", "eval/linear_top1", "eval/linear_top1_g",
-                "eval/online_linear_top1"):
+                "eval/knn_top1", "eval/knn_top1_student", "eval/linear_top1", "eval/linear_top1_student",
+                "eval/online_linear_top1", "dim/erank_R_student"):
         assert tag in tags, (tag, sorted(tags))
-    assert 0 <= t.results["knn_top1"] <= 100 and 0 <= t.results["knn_top1_g"] <= 100
-    assert t.results["views_per_image"] == 10 and "H(R)" in capsys.readouterr().out
+    assert 0 <= t.results["knn_top1"] <= 100 and 0 <= t.results["knn_top1_student"] <= 100
+    out = capsys.readouterr().out
+    assert t.results["views_per_image"] == 10 and "H(R)" in out
+    check_the_teacher_is_the_main_result(t, probe_inputs, out)
     sizes = [(v.size, v.scale, v.solarize_p, v.blur_p, v.jitter) for v in t.run.views]
     glob = [(32, (0.4, 1.0), p, 0.0, (0.4, 0.4, 0.2, 0.1)) for p in (0.0, 0.2)]
     assert sizes == glob + [(16, (0.05, 0.4), 0.0, 0.0, (0.4, 0.4, 0.2, 0.1))] * 8

@@ -1,6 +1,7 @@
 """Self-distillation methods (a predictor or a teacher behind a stop-gradient): BYOL, SimSiam, DINO (ResNet).
 Objectives against hand-worked values and explicit loops, the stop-gradients, the EMA, SimSiam's fixed predictor lr
-in one real step, DINO's center and weight-normalized head."""
+in one real step, DINO's center and weight-normalized head, and a short DINO run: the teacher temperature per epoch as
+the loop ran it, the teacher as the main result."""
 import math
 
 import pytest
@@ -9,9 +10,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import common
+import dino
 import simsiam
 from byol import ema_update, regression_loss
-from conftest import TINY, naive_dino
+from conftest import TINY, check_the_teacher_is_the_main_result, events, naive_dino
 from dino import DINOHead, dino_loss, update_center
 from simsiam import negative_cosine
 
@@ -113,3 +115,14 @@ def test_dino_head_last_layer_is_weight_normalized():
         head.last_layer.weight.mul_(torch.rand(10, 1) * 10 + 0.1)  # rescaling a prototype changes nothing
     assert torch.allclose(head(r), out, atol=1e-6)
 
+
+
+def test_dino_warms_the_teacher_temperature_up_per_epoch_and_reports_the_teacher(train, probe_inputs, capsys):
+    """3 epochs of 2 steps (64 images, batch 32), a 2-epoch warmup: np.linspace(0.04, 0.07, 2) gives 0.04 in epoch 0
+    and 0.07 from epoch 1 on (the old epoch / W gave 0.055 in epoch 1, the final value one epoch late)."""
+    t = train(dino, *TINY, "--epochs", 3, "--warmup-teacher-temp-epochs", 2, "--save-every", 3, "--num-prototypes", 64,
+              "--proj-hidden-dim", 64, images=64)
+    temp = {e.step: e.value for e in events(t.dir).Scalars("charts/teacher_temp")}
+    assert sorted(temp) == [1, 2, 3, 4, 5, 6]
+    assert all(abs(temp[s] - 0.04) < 1e-7 for s in (1, 2)) and all(abs(temp[s] - 0.07) < 1e-7 for s in (3, 4, 5, 6))
+    check_the_teacher_is_the_main_result(t, probe_inputs, capsys.readouterr().out)

@@ -1,6 +1,7 @@
 """iBOT: the masked-patch loss and the CLS loss against explicit loops, the stop-gradients, the block masks (counts
 against their targets, the ratio mixture, determinism, the same distribution as a transcription of the official
-per-image loop), the centers, and a 3-step run (tensorboard tags, checkpoint, backbone.pt in torchvision's ViT)."""
+per-image loop), the centers, and a 3-step run (tensorboard tags, checkpoint, the mask token (1, D) and decayed,
+backbone.pt (the teacher's) in torchvision's ViT, the online probe on the teacher's features)."""
 import math
 import random
 
@@ -11,7 +12,7 @@ import torchvision
 
 import common
 import ibot
-from conftest import TINY, events
+from conftest import TINY, check_the_teacher_is_the_main_result, events
 from ibot import block_masks, dino_loss, ibot_patch_loss, update_center
 
 
@@ -164,7 +165,7 @@ def test_block_masks_have_the_official_loops_distribution():
 
 
 # ------------------------------------------------------------------------------------------------- end to end
-def test_ibot_runs_end_to_end(train):
+def test_ibot_runs_end_to_end(train, probe_inputs, capsys):
     t = train(ibot, *TINY, "--backbone", "vit_tiny", "--patch-size", 8, "--max-steps", 3, "--out-dim", 256,
               "--num-local-crops", 2, "--save-every", 1, images=256)
     acc = events(t.dir)
@@ -180,6 +181,8 @@ def test_ibot_runs_end_to_end(train):
     assert ckpt["step"] == 3 and {"mask_token", "center", "center_patch"} <= set(ckpt["model"])
     after = t.run.model.state_dict()
     assert not torch.equal(t.before["mask_token"], after["mask_token"])  # the student's mask token trains
+    decayed = {id(p) for p in t.run.optimizers[0].param_groups[0]["params"]}  # (1, D), as the official: weight decay
+    assert after["mask_token"].shape == (1, 192) and id(t.run.model.mask_token) in decayed
     assert torch.equal(t.before["student.1.last_layer.weight"], after["student.1.last_layer.weight"])  # frozen epoch 1
     assert not torch.equal(t.before["student.1.mlp.0.weight"], after["student.1.mlp.0.weight"])
     assert after["center"].abs().sum() > 0 and after["center_patch"].abs().sum() > 0
@@ -189,6 +192,7 @@ def test_ibot_runs_end_to_end(train):
                                                mlp_dim=768)
     vit.heads = nn.Identity()
     vit.load_state_dict(torch.load(t.dir / "backbone.pt", weights_only=True), strict=True)
+    check_the_teacher_is_the_main_result(t, probe_inputs, capsys.readouterr().out)
 
 
 def test_ibot_refuses_a_resnet_and_unpaired_mask_ratios(train):

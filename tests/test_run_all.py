@@ -46,6 +46,21 @@ def test_table_mean_std_over_seeds_beside_the_paper(tmp_path):
     assert cells == ["cifar10", "simclr", "2", "10", "51.00 ± 1.41", "62.00 ± 2.83", "87.24", "10.00 ± 0.00", "1.000 ± 0.000", "0.1000 ± 0.0000"]
 
 
+def test_table_has_a_row_for_the_second_network(tmp_path):
+    """SDMI's g and DINO / iBOT's student (their main result is the teacher) get a row of their own."""
+    for m, other in (("sdmi", "g"), ("ibot", "student")):
+        d = tmp_path / "runs" / f"cifar10__runall_full_{m}__0__1"
+        d.mkdir(parents=True)
+        r = dict(knn_top1=40.0, linear_top1=45.0, H_R=10.0, I_RZ=1.0)
+        (d / "results.json").write_text(json.dumps(dict(method=m, dataset="cifar10", seed=0, steps=10, **r,
+                                                        **{f"{k}_{other}": v + 1 for k, v in r.items()})))
+    assert bash("--table", cwd=tmp_path).returncode == 0
+    rows = {ln.split("|")[2].strip(): ln for ln in (tmp_path / "runs" / "run_all_full.md").read_text().splitlines()
+            if ln.startswith("| cifar10 |")}
+    assert set(rows) == {"sdmi", "sdmi (g)", "ibot", "ibot (student)"}
+    assert "| 41.00 | 46.00 |" in rows["ibot (student)"] and "| 40.00 | 45.00 |" in rows["ibot"]
+
+
 def test_benchmark_prints_rows(tmp_path):
     res = subprocess.run([sys.executable, str(ROOT / "benchmark.py"), "--methods", "simclr", "--backbone", "tiny",
                           "--batch-size", "32", "--steps", "5", "--no-pil-baseline"],
