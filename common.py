@@ -363,7 +363,8 @@ def make_optimizer(name: str, groups, lr: float, momentum: float = 0.9, betas=(0
     return torch.optim.SGD(groups, lr=lr, momentum=momentum) if name == "sgd" else torch.optim.AdamW(groups, lr, betas)
 
 def warmup_cosine(step: int, total: int, warmup: int, start: float = 3e-5 / 0.4, end: float = 0.0) -> float:
-    """Multiplier of the base lr at `step`: linear warmup from `start` to 1 over `warmup` steps, cosine to `end`."""
+    """Multiplier of the base lr at `step`: linear warmup from `start` to 1 over `warmup` steps, cosine to `end`.
+    Default `start`: solo-learn's warmup begins at lr 3e-5 with SimCLR's base lr 0.4; here that fraction of any lr."""
     if step < warmup:
         return start + (1 - start) * step / max(1, warmup)
     return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
@@ -599,11 +600,12 @@ class Run:
                 m.compile()
         return model
 
-    def track(self, model: nn.Module, optimizers, backbones: dict, probe: OnlineProbe):
+    def track(self, model: nn.Module, optimizers, backbones: dict, probe: OnlineProbe, branches=None):
         """Register what a checkpoint holds: model (every parameter and buffer: queues, centers, memories), optimizer(s)
-        and the online probe; `backbones` {name: (backbone, project R -> Z)} are evaluated. Loads --resume into them,
-        then creates the run directory and the tensorboard writer (rank 0) and catches SIGINT / SIGTERM."""
-        self.model, self.probe, self.backbones = model, probe, backbones
+        and the online probe; `backbones` {name: (backbone, project R -> Z)} are evaluated; `branches` (online, target):
+        the two networks (images -> embeddings) whose outputs on two views the objective compares, if not one network.
+        Loads --resume into them, then creates the run directory and tensorboard writer (rank 0), catches signals."""
+        self.model, self.probe, self.backbones, self.branches = model, probe, backbones, branches
         self.optimizers = list(optimizers) if isinstance(optimizers, (list, tuple)) else [optimizers]
         if self.ckpt is not None:
             self._load(self.ckpt)
@@ -671,8 +673,8 @@ class Run:
 
     def batches(self, epoch: int):
         """This rank's training batches of one epoch, from where a resumed run stopped: (uint8 images, or per-view crops
-        for large images; labels, -1 = none); `run.batch_index` holds their dataset indices. Between steps: metrics,
-        checkpoints by time, and SIGINT / SIGTERM (save, then stop)."""
+        for large images; labels, -1 = none); `run.batch_index` holds their dataset indices; `run.step_count` is 1-based
+        (the step being taken; step_count - 1 were done). Between steps: metrics, time checkpoints, SIGINT / SIGTERM."""
         a, start, steady = self.args, self.start_batch if epoch == self.start_epoch else 0, None
         for i, (x, y, self.batch_index) in enumerate(self.data.ssl_batches(a.batch_size, epoch, a.seed, self.views,
                                                                             start), start):
@@ -769,12 +771,19 @@ class Run:
         return estimators.representation_metrics(r1.float(), z1.float(), z2.float())
 
     def log_representation(self):
-        """MI estimates between the two views' embeddings and dimensionality on the fixed held-out pair (rank 0)."""
+        """On the fixed held-out pair of views (rank 0): mi/* between the embeddings the objective compares (the
+        branches: online(view 1), target(view 2); else one network's Z of both views), dimensionality of each tracked
+        network (dim/*, suffix _name) and, with branches, each network's Z of both views as mi_same/*."""
         if self.main:
             modes = self._eval_mode(sync=False)
             for name, (backbone, project) in self.backbones.items():
                 for k, v in self._metrics(backbone, project).items():
+                    k = k.replace("mi/", "mi_same/") if self.branches else k
                     self.writer.add_scalar(k + ("" if name == "main" else f"_{name}"), v, self.step_count)
+            with torch.no_grad(), self.autocast():
+                pair = [f(x).float() for f, x in zip(self.branches, self.fixed_pair)] if self.branches else []
+            for k, v in estimators.mi_estimates(*pair).items() if pair else ():
+                self.writer.add_scalar(k, v, self.step_count)
             self._restore(modes)
 
     def evaluate(self, final: bool = False):
@@ -847,9 +856,8 @@ class Run:
             self.results["finetune_top1"] = ft
             self.writer.add_scalar("eval/finetune_top1", ft, self.step_count) if self.main else None
             self.print(f"[main] fine-tune top-1 {ft:.2f} after {a.finetune_epochs} epoch(s)   ({FINETUNE_PROTOCOL})")
-        self.results.update(method=self.method, dataset=a.dataset, backbone=a.backbone, seed=a.seed,
-                            steps=self.step_count,
-                            epochs=epochs, minutes=(time.time() - self.t0) / 60, processes=self.world,
+        self.results.update(method=self.method, dataset=a.dataset, backbone=a.backbone, seed=a.seed, epochs=epochs,
+                            steps=self.step_count, minutes=(time.time() - self.t0) / 60, processes=self.world,
                             views_per_image=len(self.views))
         if self.main:
             (self.dir / "results.json").write_text(json.dumps(self.results, indent=1))

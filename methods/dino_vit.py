@@ -233,7 +233,8 @@ def main(args: Args):
     optimizer = common.make_optimizer(args.optimizer, common.param_groups(model, args.weight_decay),
                                       args.lr * args.batch_size / 256)
     probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
-    run.track(model, optimizer, {"main": (backbone, head.mlp), "g": (teacher[0], teacher[1].mlp)}, probe)
+    run.track(model, optimizer, {"main": (backbone, head.mlp), "g": (teacher[0], teacher[1].mlp)}, probe,
+              branches=(student, teacher))  # mi/*: student against teacher outputs, what the loss compares
 
     for epoch in run.epochs():
         warm = min(1.0, epoch / max(1, args.warmup_teacher_temp_epochs - 1)) if args.warmup_teacher_temp_epochs else 1.0

@@ -6,8 +6,7 @@ replaced by a learned mask token, the EMA teacher (no gradient; the "online toke
 masked patch the student's softmax over K prototypes must match the teacher's. Collapse is prevented as in DINO, on
 both outputs: a center each (running mean of the teacher logits, subtracted: no prototype dominates) against a low
 teacher temperature (sharpening: no uniform output), with the stop-gradient and the slow teacher.
-MI reading (ours): iBOT = DINO's SDMI reading (EMA teacher, centering + sharpening stand in for the marginal term) plus
-the same on masked patch tokens.
+MI reading (ours): DINO's SDMI reading (EMA teacher; centering + sharpening for the marginal term), also on patches.
 
     python methods/ibot.py --dataset cifar10                                  # ViT-Tiny/4, 2 x 32 px + 10 x 16 px
     python methods/ibot.py --dataset synthetic --patch-size 8 --epochs 2 --out-dim 1024   # CPU, no files needed
@@ -251,7 +250,8 @@ def main(args: Args):
     optimizer = common.make_optimizer(args.optimizer, common.param_groups(model, args.weight_decay),
                                       args.lr * args.batch_size / 256)
     probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
-    run.track(model, optimizer, {"main": (backbone, head.mlp), "g": (teacher[0], teacher[1].mlp)}, probe)
+    run.track(model, optimizer, {"main": (backbone, head.mlp), "g": (teacher[0], teacher[1].mlp)}, probe,
+              branches=(student, teacher))  # mi/*: student against teacher outputs, what the loss compares
 
     for epoch in run.epochs():
         warm = min(1.0, epoch / max(1, args.warmup_teacher_temp_epochs - 1)) if args.warmup_teacher_temp_epochs else 1.0
