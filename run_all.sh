@@ -61,12 +61,14 @@ done
 for m in $METHODS; do [ -f "$HERE/methods/$m.py" ] || die "no method file methods/$m.py"; done
 [ -z "$FOLDER" ] || [ -d "$FOLDER/train" ] || die "--data-dir $FOLDER: no train/ folder (an ImageFolder layout)"
 
-cifar10_ready() {  # CIFAR-10 in $DATA (argument 1: download it there if missing); no output, the exit status says
-  "$PY" - "$DATA" "$1" >/dev/null 2>&1 <<'EOF'
-import sys, torchvision
-for train in (True, False):
-    torchvision.datasets.CIFAR10(sys.argv[1], train=train, download=sys.argv[2] == "1")
-EOF
+cifar10_here() {  # torchvision's CIFAR-10 files in $DATA (the runs verify them)
+  for f in data_batch_1 data_batch_2 data_batch_3 data_batch_4 data_batch_5 test_batch; do
+    [ -f "$DATA/cifar-10-batches-py/$f" ] || return 1
+  done
+}
+cifar10_download() {  # into $DATA, as the runs would; the exit status says whether it worked
+  echo "run_all: downloading CIFAR-10 into $DATA/ ..." >&2
+  "$PY" -c "import sys, torchvision; torchvision.datasets.CIFAR10(sys.argv[1], download=True)" "$DATA" >/dev/null 2>&1
 }
 
 QUICK_FINETUNE=1  # --quick: MAE's fine-tuning epochs (the paper evaluates MAE by fine-tuning), also for random init
@@ -86,11 +88,11 @@ if [ $QUICK = 1 ]; then
   if [ $SET_DATASETS = 0 ] && [ $TABLE_ONLY = 0 ]; then
     if [ -n "$FOLDER" ]; then
       DATASETS="imagefolder"
-    elif cifar10_ready 0; then
+    elif cifar10_here; then
       DATASETS="cifar10"
     elif [ $DRY = 1 ]; then
       DATASETS="cifar10"; echo "run_all: CIFAR-10 is not in $DATA/ yet: a real run downloads it first (offline: synthetic)" >&2
-    elif echo "run_all: downloading CIFAR-10 into $DATA/ ..." >&2 && cifar10_ready 1; then
+    elif cifar10_download; then
       DATASETS="cifar10"
     else
       DATASETS="synthetic"
