@@ -808,9 +808,9 @@ class Run:
                 h, i, dims = r["H_R"], r["I_RZ"], min(len(self.fixed_pair[0]), trf.shape[1])
                 self.print(f"[{name}] kNN top-1 {r['knn_top1']:.2f}   ({E.KNN_PROTOCOL})\n[{name}] linear top-1 "
                            f"{r['linear_top1']:.2f}   ({E.LINEAR_PROTOCOL})\n[{name}] H(R) = effective rank {h:.2f} "
-                           f"of {dims}; I(R;Z) = {i:.3f} nats (matrix Renyi-2, held-out batch); I(R;Z)/H(R) = "
-                           f"{i / max(h, 1e-9):.4f}" + (f"\n[main] online linear top-1 {r['online_linear_top1']:.2f}"
-                                                        f"   ({ONLINE_PROTOCOL})" if main else ""))
+                           f"of {dims} (a count, not nats); I(R;Z) = {i:.3f} nats (matrix Renyi-2, held-out batch); "
+                           f"I(R;Z)/H(R) = {i / max(h, 1e-9):.4f} nats per effective dimension" + (f"\n[main] online "
+                           f"linear top-1 {r['online_linear_top1']:.2f}   ({ONLINE_PROTOCOL})" if main else ""))
             self.results.update({key + tag: v for key, v in r.items()})
             if final and main and self.main:  # tensorboard's projector: PCA / t-SNE of test features with labels
                 n = min(2000, len(tef))

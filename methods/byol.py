@@ -135,6 +135,7 @@ def main(args: Args):
     for epoch in run.epochs():
         for x, y in run.batches(epoch):
             lr = run.update_lr()
+            # step_count is 1-based (this step); step_count - 1 steps are done, so the first step uses tau_base
             tau = common.cosine_schedule(run.step_count - 1, run.total_steps, args.tau_base, args.tau_final)
             x1, x2 = aug(x, run.gen)
             with run.autocast():
