@@ -11,7 +11,8 @@ MI reading (Sabby et al. 2025): JMI paradigm, one shared encoder; in-batch negat
     torchrun --nproc_per_node 4 methods/simclr.py --dataset cifar10             # 4 GPUs, the same global batch
 
 Implementation details (defaults = solo-learn's tuned CIFAR recipe, scripts/pretrain/cifar/simclr.yaml):
-1. Symmetric augmentation: crop scale 0.08-1, jitter (0.8, 0.8, 0.8, 0.2) p 0.8, grayscale 0.2, blur p 0.5.
+1. Symmetric augmentation: crop scale 0.08-1, jitter (0.8, 0.8, 0.8, 0.2) p 0.8, grayscale 0.2, blur p 0.5 (kernel 10%
+   of the side: 3 taps at 32 px, weaker than solo-learn's PIL blur; README, "Gaussian blur on small images").
 2. Projector Linear(2048)-ReLU-Linear(256) without BatchNorm, as solo-learn; `--proj-bn`: Linear-BN-ReLU-Linear, the
    paper's (it learns faster in short runs: the README's 10-minute CPU recipe uses it).
 3. LARS (eta 0.02, clipped, biases/norms excluded), lr 0.4 x batch/256, wd 1e-4, 10 warmup epochs, cosine.
