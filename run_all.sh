@@ -261,8 +261,8 @@ for d in sorted({d for d, _, _, _ in latest}):
     for ax in axes[1]:
         ax.set_xlabel("optimizer step")
     fig.suptitle(f"{d}: MI estimates over training (mean over seeds) on a fixed held-out batch of 256 test images, cosine "
-                 "critic T 0.1.\nSDMI paradigm: online (with predictor) vs target / g branch; JMI paradigm: one network, "
-                 "two views (mi/*).", fontsize=9)
+                 "critic T 0.1.\nSDMI paradigm: online branch (with predictor; student) against target branch (EMA, "
+                 "stop-gradient or g; teacher); JMI paradigm: one network on both views.", fontsize=9)
     fig.tight_layout()
     fig.savefig(Path("runs") / f"run_all_{tag.split('_')[1]}_{d}_mi.png", dpi=80)
     plt.close(fig)

@@ -69,10 +69,10 @@ def fake_run(runs, method, seed, knn, mi, backbone="tiny"):
     d = runs / f"cifar10__runall_quick_{method}__{seed}__1"
     with SummaryWriter(str(d)) as w:
         for step in range(50, 301, 50):
-            for k, v in (("cos_dv", mi * step / 300), ("infonce", 1.5 * mi * step / 300), ("jsd", -1 + mi * step / 600)):
+            for k, v in (("cos_dv", mi * step / 300), ("infonce", 1.5 * mi * step / 300), ("jsd", -1 / (1 + mi * step / 300))):
                 w.add_scalar(f"mi/{k}", v, step)
     (d / "results.json").write_text(json.dumps(dict(method=method, dataset="cifar10", backbone=backbone, seed=seed,
-                                                    steps=300, knn_top1=knn, linear_top1=knn + 5, H_R=20.0 + knn / 2,
+                                                    steps=0 if method == "random_init" else 300, knn_top1=knn, linear_top1=knn + 5, H_R=20.0 + knn / 2,
                                                     I_RZ=0.3)))
 
 
