@@ -363,7 +363,8 @@ def make_optimizer(name: str, groups, lr: float, momentum: float = 0.9, betas=(0
     return torch.optim.SGD(groups, lr=lr, momentum=momentum) if name == "sgd" else torch.optim.AdamW(groups, lr, betas)
 
 def warmup_cosine(step: int, total: int, warmup: int, start: float = 3e-5 / 0.4, end: float = 0.0) -> float:
-    """Multiplier of the base lr at `step`: linear warmup from `start` to 1 over `warmup` steps, cosine to `end`."""
+    """Multiplier of the base lr at `step`: linear warmup from `start` to 1 over `warmup` steps, cosine to `end`.
+    Default `start`: solo-learn's warmup begins at lr 3e-5 with SimCLR's base lr 0.4; here that fraction of any lr."""
     if step < warmup:
         return start + (1 - start) * step / max(1, warmup)
     return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
@@ -603,11 +604,13 @@ class Run:
                 m.compile()
         return model
 
-    def track(self, model: nn.Module, optimizers, backbones: dict, probe: OnlineProbe):
+    def track(self, model: nn.Module, optimizers, backbones: dict, probe: OnlineProbe, branches=None):
         """Register what a checkpoint holds: model (every parameter and buffer: queues, centers, memories), optimizer(s)
         and the online probe; `backbones` {name: (backbone, project R -> Z)} are evaluated, the first as the main one
-        (no tag suffix, online probe, backbone.pt). Loads --resume, makes the run directory, writer; catches signals."""
-        self.model, self.probe, self.backbones = model, probe, backbones
+        (no tag suffix, online probe, backbone.pt); `branches` (online, target): the two networks (images ->
+        embeddings) whose outputs on two views the objective compares, if not one network. Loads --resume, makes the
+        run directory and writer (rank 0); catches signals."""
+        self.model, self.probe, self.backbones, self.branches = model, probe, backbones, branches
         self.optimizers = list(optimizers) if isinstance(optimizers, (list, tuple)) else [optimizers]
         if self.ckpt is not None:
             self._load(self.ckpt)
@@ -675,8 +678,8 @@ class Run:
 
     def batches(self, epoch: int):
         """This rank's training batches of one epoch, from where a resumed run stopped: (uint8 images, or per-view crops
-        for large images; labels, -1 = none); `run.batch_index` holds their dataset indices. Between steps: metrics,
-        checkpoints by time, and SIGINT / SIGTERM (save, then stop)."""
+        for large images; labels, -1 = none); `run.batch_index` holds their dataset indices; `run.step_count` is 1-based
+        (the step being taken; step_count - 1 were done). Between steps: metrics, time checkpoints, SIGINT / SIGTERM."""
         a, start, steady = self.args, self.start_batch if epoch == self.start_epoch else 0, None
         for i, (x, y, self.batch_index) in enumerate(self.data.ssl_batches(a.batch_size, epoch, a.seed, self.views,
                                                                             start), start):
@@ -773,12 +776,19 @@ class Run:
         return estimators.representation_metrics(r1.float(), z1.float(), z2.float())
 
     def log_representation(self):
-        """MI estimates between the two views' embeddings and dimensionality on the fixed held-out pair (rank 0)."""
+        """On the fixed held-out pair of views (rank 0): mi/* between the embeddings the objective compares (the
+        branches: online(view 1), target(view 2); else one network's Z of both views), dimensionality of each tracked
+        network (dim/*, suffix _name) and, with branches, each network's Z of both views as mi_same/*."""
         if self.main:
             modes = self._eval_mode(sync=False)
             for pos, (name, (backbone, project)) in enumerate(self.backbones.items()):
                 for k, v in self._metrics(backbone, project).items():
+                    k = k.replace("mi/", "mi_same/") if self.branches else k
                     self.writer.add_scalar(k + ("" if pos == 0 else f"_{name}"), v, self.step_count)
+            with torch.no_grad(), self.autocast():
+                pair = [f(x).float() for f, x in zip(self.branches, self.fixed_pair)] if self.branches else []
+            for k, v in estimators.mi_estimates(*pair).items() if pair else ():
+                self.writer.add_scalar(k, v, self.step_count)
             self._restore(modes)
 
     def evaluate(self, final: bool = False):
@@ -803,9 +813,9 @@ class Run:
                 h, i, dims = r["H_R"], r["I_RZ"], min(len(self.fixed_pair[0]), trf.shape[1])
                 self.print(f"[{name}] kNN top-1 {r['knn_top1']:.2f}   ({E.KNN_PROTOCOL})\n[{name}] linear top-1 "
                            f"{r['linear_top1']:.2f}   ({E.LINEAR_PROTOCOL})\n[{name}] H(R) = effective rank {h:.2f} "
-                           f"of {dims}; I(R;Z) = {i:.3f} nats (matrix Renyi-2, held-out batch); I(R;Z)/H(R) = "
-                           f"{i / max(h, 1e-9):.4f}" + (f"\n[{name}] online linear top-1 {r['online_linear_top1']:.2f}"
-                                                        f"   ({ONLINE_PROTOCOL})" if main else ""))
+                           f"of {dims} (a count, not nats); I(R;Z) = {i:.3f} nats (matrix Renyi-2, held-out batch); "
+                           f"I(R;Z)/H(R) = {i / max(h, 1e-9):.4f} nats per effective dimension" + (f"\n[{name}] online "
+                           f"linear top-1 {r['online_linear_top1']:.2f}   ({ONLINE_PROTOCOL})" if main else ""))
             self.results.update({key + tag: v for key, v in r.items()})
             if final and main and self.main:  # tensorboard's projector: PCA / t-SNE of test features with labels
                 n = min(2000, len(tef))
@@ -851,9 +861,8 @@ class Run:
             self.results["finetune_top1"] = ft
             self.writer.add_scalar("eval/finetune_top1", ft, self.step_count) if self.main else None
             self.print(f"[{name}] fine-tune top-1 {ft:.2f} after {a.finetune_epochs} epoch(s)   ({FINETUNE_PROTOCOL})")
-        self.results.update(method=self.method, dataset=a.dataset, backbone=a.backbone, seed=a.seed,
-                            steps=self.step_count,
-                            epochs=epochs, minutes=(time.time() - self.t0) / 60, processes=self.world,
+        self.results.update(method=self.method, dataset=a.dataset, backbone=a.backbone, seed=a.seed, epochs=epochs,
+                            steps=self.step_count, minutes=(time.time() - self.t0) / 60, processes=self.world,
                             views_per_image=len(self.views))
         if self.main:
             (self.dir / "results.json").write_text(json.dumps(self.results, indent=1))

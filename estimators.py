@@ -1,4 +1,4 @@
-"""Mutual-information bounds and representation metrics (all values in nats).
+"""Mutual-information bounds and representation metrics (information in nats; the JSD estimator is not in nats).
 
 Pure functions; the only training is the linear probe's own classifier on frozen features.
 
@@ -271,7 +271,8 @@ def linear_probe(backbone: torch.nn.Module, train_f, train_y, test_f, test_y, nu
 
 # ------------------------------------------------- what the training scripts log
 def mi_estimates(z1, z2):
-    """cos-DV, InfoNCE and JSD estimates (nats) between paired embeddings (N, D), cosine critic at T=MI_TEMPERATURE."""
+    """cos-DV and InfoNCE lower bounds (nats) and the JSD estimator (not in nats: see jsd_bound) between paired
+    embeddings (N, D), cosine critic at T=MI_TEMPERATURE."""
     s = cosine_scores(z1, z2, MI_TEMPERATURE)
     return {"mi/cos_dv": dv_bound(s).item(), "mi/infonce": infonce_bound(s).item(), "mi/jsd": jsd_bound(s).item()}
 

@@ -129,11 +129,13 @@ def main(args: Args):
     optimizer = common.make_optimizer(args.optimizer, common.param_groups(model, args.weight_decay),
                                       args.lr * args.batch_size / 256)
     probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
-    run.track(model, optimizer, {"main": (backbone, projector)}, probe)
+    run.track(model, optimizer, {"main": (backbone, projector)}, probe,
+              branches=(nn.Sequential(online, predictor), target))  # mi/*: what the loss compares
 
     for epoch in run.epochs():
         for x, y in run.batches(epoch):
             lr = run.update_lr()
+            # step_count is 1-based (this step); step_count - 1 steps are done, so the first step uses tau_base
             tau = common.cosine_schedule(run.step_count - 1, run.total_steps, args.tau_base, args.tau_final)
             x1, x2 = aug(x, run.gen)
             with run.autocast():

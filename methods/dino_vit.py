@@ -246,7 +246,8 @@ def main(args: Args):
     optimizer = common.make_optimizer(args.optimizer, common.param_groups(model, args.weight_decay),
                                       args.lr * args.batch_size / 256)
     probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
-    run.track(model, optimizer, {"teacher": (teacher[0], teacher[1].mlp), "student": (backbone, head.mlp)}, probe)
+    run.track(model, optimizer, {"teacher": (teacher[0], teacher[1].mlp), "student": (backbone, head.mlp)}, probe,
+              branches=(student, teacher))  # mi/*: student against teacher outputs, what the loss compares
 
     for epoch in run.epochs():
         teacher_temp = common.linspace_warmup(epoch, args.warmup_teacher_temp_epochs, args.warmup_teacher_temp,

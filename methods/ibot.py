@@ -4,8 +4,7 @@ Zhou, Wei, Wang, Shen, Xie, Yuille, Kong, 2022 (ICLR), arXiv:2111.07832. ViT onl
 DINO on the CLS token plus masked image modelling on patch tokens: the student sees the global views with some patches
 replaced by a learned mask token, the EMA teacher (the "online tokenizer", no gradient) sees them intact, and at each
 masked patch the student's softmax over K prototypes must match the teacher's. Collapse is prevented as in DINO, on both
-outputs: centering (no prototype dominates) against sharpening (no uniform output), a stop-gradient and a slow teacher.
-MI reading (ours): DINO's SDMI reading (EMA teacher; centering + sharpening for the marginal term), on patches too.
+outputs (centering against sharpening, stop-gradient, slow teacher). MI reading (ours): DINO's SDMI one, on patches too.
 
     python methods/ibot.py --dataset cifar10                                  # ViT-Tiny/4, 2 x 32 px + 10 x 16 px
     python methods/ibot.py --dataset synthetic --patch-size 8 --epochs 2 --out-dim 1024   # CPU, no files needed
@@ -250,7 +249,8 @@ def main(args: Args):
     optimizer = common.make_optimizer(args.optimizer, common.param_groups(model, args.weight_decay),
                                       args.lr * args.batch_size / 256)
     probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
-    run.track(model, optimizer, {"teacher": (teacher[0], teacher[1].mlp), "student": (backbone, head.mlp)}, probe)
+    run.track(model, optimizer, {"teacher": (teacher[0], teacher[1].mlp), "student": (backbone, head.mlp)}, probe,
+              branches=(student, teacher))  # mi/*: student against teacher outputs, what the loss compares
 
     for epoch in run.epochs():
         w, t0 = args.warmup_teacher_temp_epochs, args.warmup_teacher_temp  # per epoch, as np.linspace

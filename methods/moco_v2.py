@@ -161,7 +161,7 @@ def main(args: Args):
     optimizer = common.make_optimizer(args.optimizer, common.param_groups(model, args.weight_decay),
                                       args.lr * args.batch_size / 256)
     probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
-    run.track(model, optimizer, {"main": (backbone, projector)}, probe)
+    run.track(model, optimizer, {"main": (backbone, projector)}, probe, branches=(online, momentum))  # query, key
 
     for epoch in run.epochs():
         for x, y in run.batches(epoch):

@@ -172,7 +172,8 @@ def main(args: Args):
     opt_f = common.make_optimizer(args.optimizer, common.param_groups(nn.ModuleList([f, h]), args.weight_decay), lr)
     opt_g = common.make_optimizer(args.optimizer, common.param_groups(g, args.weight_decay), lr)
     probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
-    run.track(model, [opt_f, opt_g], {"main": (f_backbone, f_projector), "g": (g_backbone, g_projector)}, probe)
+    run.track(model, [opt_f, opt_g], {"main": (f_backbone, f_projector), "g": (g_backbone, g_projector)}, probe,
+              branches=(nn.Sequential(f, h), g))  # mi/*: h(f(x_a)) against g(x_b), what the bound compares
 
     for epoch in run.epochs():
         for x, y in run.batches(epoch):

@@ -11,11 +11,13 @@ MI reading (Sabby et al. 2025): JMI paradigm, one shared encoder; in-batch negat
     torchrun --nproc_per_node 4 methods/simclr.py --dataset cifar10             # 4 GPUs, the same global batch
 
 Implementation details (defaults = solo-learn's tuned CIFAR recipe, scripts/pretrain/cifar/simclr.yaml):
-1. Symmetric augmentation: crop scale 0.08-1, jitter (0.8, 0.8, 0.8, 0.2) p 0.8, grayscale 0.2, blur p 0.5.
+1. Symmetric augmentation: crop scale 0.08-1, jitter (0.8, 0.8, 0.8, 0.2) p 0.8, grayscale 0.2, blur p 0.5 (kernel 10%
+   of the side: 3 taps at 32 px, weaker than solo-learn's PIL blur; README, "Gaussian blur on small images").
 2. Projector Linear(2048)-ReLU-Linear(256) without BatchNorm, as solo-learn; `--proj-bn`: Linear-BN-ReLU-Linear, the
    paper's (it learns faster in short runs: the README's 10-minute CPU recipe uses it).
 3. LARS (eta 0.02, clipped, biases/norms excluded), lr 0.4 x batch/256, wd 1e-4, 10 warmup epochs, cosine.
-4. Temperature 0.2 (the paper uses 0.5 at batch 4096 on ImageNet; 0.2 is solo-learn's CIFAR value).
+4. Temperature 0.2, solo-learn's CIFAR value (the official code: 0.1 for ImageNet at batch 4096; its CIFAR-10 command
+   uses 0.5 at batch 512, with blur off and colour jitter strength 0.5).
 5. Several processes: the embeddings are gathered with gradients, so NT-Xent sees the 2N views of the global batch
    (the paper's "global BN" and all-device negatives); --sync-bn on by default (solo-learn, and the paper's global BN:
    per-process BatchNorm statistics would let the views of a small local batch find each other through them).
@@ -98,12 +100,13 @@ class Args:
 
 
 def info_nce_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
-    """NT-Xent over the 2N views: for view i the positive is its partner, the 2N-2 other views are negatives."""
-    n = z1.shape[0]
+    """NT-Xent over the 2N views: for view i the positive is its partner, the 2N-2 other views are negatives.
+    N = the global batch (all processes' images; the loop's n is one process's share)."""
+    N = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2]), dim=1)  # (2N, D)
     sim = z @ z.T / temperature  # (2N, 2N)
-    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))  # drop self-pairs
-    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)  # partner index
+    sim = sim.masked_fill(torch.eye(2 * N, dtype=torch.bool, device=z.device), float("-inf"))  # drop self-pairs
+    targets = torch.cat([torch.arange(N, 2 * N), torch.arange(0, N)]).to(z.device)  # partner index
     return F.cross_entropy(sim, targets)
 
 
@@ -112,10 +115,11 @@ def main(args: Args):
     size = run.data.image_size
     aug = run.augment([common.ViewSpec(size, jitter=(0.8, 0.8, 0.8, 0.2), blur_p=0.5)] * 2)  # symmetric views
     backbone, feat_dim = common.build_backbone(args.backbone, size, args.patch_size)
-    projector = nn.Sequential(nn.Linear(feat_dim, args.proj_hidden_dim), nn.ReLU(inplace=True),
-                              nn.Linear(args.proj_hidden_dim, args.proj_output_dim))
-    if args.proj_bn:
-        projector = common.mlp(feat_dim, args.proj_hidden_dim, args.proj_output_dim)  # Linear-BN-ReLU-Linear
+    if args.proj_bn:  # the paper's projector: Linear-BN-ReLU-Linear
+        projector = common.mlp(feat_dim, args.proj_hidden_dim, args.proj_output_dim)
+    else:  # solo-learn's: Linear-ReLU-Linear
+        projector = nn.Sequential(nn.Linear(feat_dim, args.proj_hidden_dim), nn.ReLU(inplace=True),
+                                  nn.Linear(args.proj_hidden_dim, args.proj_output_dim))
     model = run.prepare(nn.ModuleDict(dict(backbone=backbone, projector=projector)))
     optimizer = common.make_optimizer(args.optimizer, common.param_groups(model, args.weight_decay),
                                       args.lr * args.batch_size / 256)

@@ -130,7 +130,8 @@ def main(args: Args):
               + common.param_groups(predictor, args.weight_decay, fixed_lr=args.fix_pred_lr))  # why: paper, Table 1
     optimizer = common.make_optimizer(args.optimizer, groups, args.lr * args.batch_size / 256)
     probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
-    run.track(model, optimizer, {"main": (backbone, projector)}, probe)
+    run.track(model, optimizer, {"main": (backbone, projector)}, probe,  # mi/*: what the loss compares
+              branches=(nn.Sequential(backbone, projector, predictor), nn.Sequential(backbone, projector)))
 
     for epoch in run.epochs():
         for x, y in run.batches(epoch):

@@ -162,14 +162,14 @@ def probe_inputs(monkeypatch):
         pending.clear()
         return update(self, feats, y)
 
-    def spy_track(self, model, optimizers, backbones, probe):
+    def spy_track(self, model, optimizers, backbones, probe, **kw):
         net = next(iter(backbones.values()))[0]
         if isinstance(net, common.ViT):  # the ViT methods call tokens() directly; forward() calls it too
             tokens = net.tokens
             net.tokens = lambda *a, **k: pending.append(tokens(*a, **k)) or pending[-1]
         else:
             net.register_forward_hook(lambda m, i, out: pending.append(out))
-        return track(self, model, optimizers, backbones, probe)
+        return track(self, model, optimizers, backbones, probe, **kw)
 
     monkeypatch.setattr(common.OnlineProbe, "update", spy_update)
     monkeypatch.setattr(common.Run, "track", spy_track)

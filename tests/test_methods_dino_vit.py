@@ -140,7 +140,8 @@ def test_end_to_end_vit_tiny_and_the_last_layer_frozen_in_epoch_0(train, probe_i
     tags = set(events(t.dir).Tags()["scalars"])
     for tag in ("losses/dino", "losses/total", "losses/online_linear", "charts/online_linear_train_top1",
                 "charts/learning_rate", "charts/momentum", "charts/teacher_temp", "charts/weight_decay",
-                "charts/views_per_sec", "mi/cos_dv", "mi/infonce", "mi/jsd", "dim/erank_R", "dim/erank_Z", "dim/mi_RZ",
+                "charts/views_per_sec", "mi/cos_dv", "mi/infonce", "mi/jsd", "mi_same/cos_dv",
+                "mi_same/cos_dv_student", "dim/erank_R", "dim/erank_Z", "dim/mi_RZ",
                 "eval/knn_top1", "eval/knn_top1_student", "eval/linear_top1", "eval/linear_top1_student",
                 "eval/online_linear_top1", "dim/erank_R_student"):
         assert tag in tags, (tag, sorted(tags))

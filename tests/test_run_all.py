@@ -16,18 +16,33 @@ def bash(*args, cwd, env=None):
 
 
 def test_quick_dry_run_prints_every_method_and_runs_nothing(tmp_path):
-    res = bash("--quick", "--dry-run", cwd=tmp_path, env={"CIFAR10_ZIP": str(tmp_path / "absent.zip")})
+    """--quick: CIFAR-10 by default (not there: one line, the run would download it), an image folder with --data-dir;
+    each method's quick recipe visible in its command, two seeds where the quick runs were at random init, and the
+    same networks at random init."""
+    res = bash("--quick", "--dry-run", cwd=tmp_path, env={"DATA": str(tmp_path / "empty")})
     assert res.returncode == 0, res.stderr
+    assert len(res.stderr.splitlines()) == 1 and "CIFAR-10" in res.stderr
     cmds = [ln for ln in res.stdout.splitlines() if "/methods/" in ln]
-    assert [c.split("/methods/")[1].split(".py")[0] for c in cmds] == MI_SET
-    assert all("--dataset synthetic" in c and "--backbone tiny" in c and "--max-steps 300" in c for c in cmds)
+    two = ("barlow_twins", "sdmi", "simsiam")
+    assert [c.split("/methods/")[1].split(".py")[0] for c in cmds] == [m for m in MI_SET for _ in (0, 1)[:1 + (m in two)]]
+    assert all("--dataset cifar10" in c and "--backbone tiny" in c and "--max-steps 300" in c for c in cmds)
+    assert [c for c in cmds if "--optimizer adamw --lr 2e-3" in c] == [c for c in cmds if "simclr.py" in c]
+    assert sum("random init:" in ln and " tiny " in ln for ln in res.stdout.splitlines()) == 2  # seeds 0 and 1
+    (tmp_path / "folder" / "train").mkdir(parents=True)
+    res = bash("--quick", "--dry-run", "--set", "vit", "--data-dir", str(tmp_path / "folder"), cwd=tmp_path)
+    assert res.returncode == 0 and not res.stderr, res.stderr
+    cmds = [ln for ln in res.stdout.splitlines() if "/methods/" in ln]
+    assert len(cmds) == 3 and all(f"--dataset imagefolder --data-dir {tmp_path / 'folder'}" in c for c in cmds)
+    assert "--finetune-epochs 1" in cmds[2] and sum("random init:" in ln for ln in res.stdout.splitlines()) == 1
     assert not (tmp_path / "runs").exists()
 
 
 def test_full_grid_dry_run_and_bad_arguments(tmp_path):
     res = bash("--dry-run", cwd=tmp_path)
     assert res.returncode == 0 and len(res.stdout.splitlines()) == 8 * 4 * 3
-    for bad in (["--bogus"], ["--methods", "simclr nope", "--dry-run"], ["--set", "xyz"]):
+    assert "--proj-bn" not in res.stdout and "random init" not in res.stdout  # the quick recipes are --quick's only
+    for bad in (["--bogus"], ["--methods", "simclr nope", "--dry-run"], ["--set", "xyz"],
+                ["--quick", "--data-dir", str(tmp_path / "nothing"), "--dry-run"]):
         res = bash(*bad, cwd=tmp_path)
         assert res.returncode == 2 and res.stderr.startswith("error:") and "Traceback" not in res.stderr
 
@@ -42,8 +57,10 @@ def test_table_mean_std_over_seeds_beside_the_paper(tmp_path):
     assert res.returncode == 0, res.stderr
     row = next(ln for ln in (tmp_path / "runs" / "run_all_full.md").read_text().splitlines() if "| simclr |" in ln)
     cells = [c.strip() for c in row.strip("|").split("|")]
-    # dataset, method, seeds, steps, kNN, linear, paper, H(R), I(R;Z), ratio; sample std of (60, 64) = 2.83
-    assert cells == ["cifar10", "simclr", "2", "10", "51.00 ± 1.41", "62.00 ± 2.83", "87.24", "10.00 ± 0.00", "1.000 ± 0.000", "0.1000 ± 0.0000"]
+    # dataset, method, seeds, steps, kNN, gain (no random init here), linear, paper, H(R), I(R;Z), ratio;
+    # sample std of (60, 64) = 2.83
+    assert cells == ["cifar10", "simclr", "2", "10", "51.00 ± 1.41", "–", "62.00 ± 2.83", "87.24", "10.00 ± 0.00",
+                     "1.000 ± 0.000", "0.1000 ± 0.0000"]
 
 
 def test_table_has_a_row_for_the_second_network(tmp_path):
@@ -58,9 +75,49 @@ def test_table_has_a_row_for_the_second_network(tmp_path):
     rows = {ln.split("|")[2].strip(): ln for ln in (tmp_path / "runs" / "run_all_full.md").read_text().splitlines()
             if ln.startswith("| cifar10 |")}
     assert set(rows) == {"sdmi", "sdmi (g)", "ibot", "ibot (student)"}
-    assert "| 41.00 | 46.00 |" in rows["ibot (student)"] and "| 40.00 | 45.00 |" in rows["ibot"]
+    assert "| 41.00 | – | 46.00 |" in rows["ibot (student)"] and "| 40.00 | – | 45.00 |" in rows["ibot"]  # kNN, gain, linear
 
 
+def fake_run(runs, method, seed, knn, mi, backbone="tiny"):
+    """A finished quick run as run_all.sh reads it: results.json and the mi/* scalars of its tensorboard events."""
+    from torch.utils.tensorboard import SummaryWriter
+    d = runs / f"cifar10__runall_quick_{method}__{seed}__1"
+    with SummaryWriter(str(d)) as w:
+        for step in range(50, 301, 50):
+            for k, v in (("cos_dv", mi * step / 300), ("infonce", 1.5 * mi * step / 300), ("jsd", -1 / (1 + mi * step / 300))):
+                w.add_scalar(f"mi/{k}", v, step)
+    (d / "results.json").write_text(json.dumps(dict(method=method, dataset="cifar10", backbone=backbone, seed=seed,
+                                                    steps=0 if method == "random_init" else 300, knn_top1=knn, linear_top1=knn + 5, H_R=20.0 + knn / 2,
+                                                    I_RZ=0.3)))
+
+
+def test_quick_offline_falls_back_to_synthetic_with_random_init_gain_and_figures(tmp_path):
+    """No CIFAR-10 and no network (a proxy that refuses): one line, then synthetic. A tiny real SimCLR run and its random
+    init give a table row with the gain; finished runs of both paradigms (fakes) give both figures."""
+    runs = tmp_path / "runs"
+    for method, seed, knn, mi in (("sdmi", 0, 40.0, 2.0), ("sdmi", 1, 42.0, 2.2), ("byol", 0, 45.0, 3.0),
+                                  ("jmi", 0, 38.0, 1.5), ("vicreg", 0, 44.0, 2.5)):
+        fake_run(runs, method, seed, knn, mi)
+    fake_run(runs, "random_init", 0, 30.0, 0.0, backbone="vit_tiny")  # another backbone: not simclr's baseline
+    refuse = "http://127.0.0.1:9"
+    res = bash("--quick", "--methods", "simclr", "--", "--max-steps", "2", "--batch-size", "32", "--mi-every", "1",
+               "--device", "cpu", cwd=tmp_path, env={"DATA": str(tmp_path / "data"), "https_proxy": refuse,
+                                                     "http_proxy": refuse, "no_proxy": ""})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert [ln for ln in res.stderr.splitlines() if "synthetic" in ln] == [
+        f"run_all: CIFAR-10 is not in {tmp_path / 'data'}/ and cannot be downloaded (offline?): --quick uses --dataset "
+        "synthetic"]
+    simclr = json.loads(next(runs.glob("synthetic__runall_quick_simclr__0__*/results.json")).read_text())
+    base = json.loads((runs / "synthetic__runall_quick_random_init__0__tiny" / "results.json").read_text())
+    assert simclr["steps"] == 2 and base["steps"] == 0 and base["backbone"] == "tiny" and 0 < base["knn_top1"] < 100
+    rows = {ln.split("|")[2].strip(): [c.strip() for c in ln.strip("|").split("|")]
+            for ln in (runs / "run_all_quick.md").read_text().splitlines() if ln.startswith("| synthetic")}
+    assert rows["random init (tiny)"][5] == "–" and rows["simclr"][5] == f"{simclr['knn_top1'] - base['knn_top1']:+.2f}"
+    assert {"sdmi", "jmi", "sdmi (g)"} & set(rows) == set()  # the fakes are CIFAR-10 runs
+    import matplotlib.image
+    for name in ("synthetic_mi", "synthetic_dims", "cifar10_mi", "cifar10_dims"):
+        img = matplotlib.image.imread(runs / f"run_all_quick_{name}.png")[..., :3]
+        assert img.shape[0] > 200 and (img < 0.5).any(axis=2).mean() > 0.005, name  # axes, curves, text drawn
 def test_benchmark_prints_rows(tmp_path):
     res = subprocess.run([sys.executable, str(ROOT / "benchmark.py"), "--methods", "simclr", "--backbone", "tiny",
                           "--batch-size", "32", "--steps", "5", "--no-pil-baseline"],

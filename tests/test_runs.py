@@ -32,6 +32,7 @@ RECIPES = {simclr: [SYMMETRIC] * 2, jmi: [SYMMETRIC] * 2, adadim: [SYMMETRIC] * 
            deepcluster_v2: [SYMMETRIC] * 2, moco_v2: [WEAK] * 2, simsiam: [WEAK] * 2, byol: ASYMMETRIC,
            moco_v3: ASYMMETRIC, nnclr: ASYMMETRIC, barlow_twins: ASYMMETRIC, dino: ASYMMETRIC, sdmi: ASYMMETRIC,
            vicreg: [VICREG] * 2}
+TWO_BRANCHES = (byol, simsiam, moco_v2, moco_v3, sdmi, dino)  # mi/* between the branches, mi_same/* one network
 TAGS = ("charts/learning_rate", "charts/views_per_sec", "mi/cos_dv", "mi/infonce", "mi/jsd", "dim/erank_R",
         "dim/erank_Z", "dim/mi_RZ", "eval/knn_top1", "eval/linear_top1", "eval/online_linear_top1", "losses/")
 
@@ -46,11 +47,28 @@ def test_every_method_runs_end_to_end(train, capsys, module):
     backbone.load_state_dict(torch.load(t.dir / "backbone.pt", weights_only=True), strict=True)
     tags = set(events(t.dir).Tags()["scalars"])
     assert all(any(s.startswith(tag) for s in tags) for tag in TAGS), sorted(tags)
+    assert any(s.startswith("mi_same/") for s in tags) == (module in TWO_BRANCHES), sorted(tags)
     assert 0 <= t.results["knn_top1"] <= 100 and t.results["steps"] == 3
     out = capsys.readouterr().out
     assert "kNN top-1" in out and estimators.LINEAR_PROTOCOL in out and "H(R)" in out
     for spec, want in zip(t.run.views, RECIPES[module]):  # the file's augmentation is the recipe its docstring names
         assert {k: getattr(spec, k) for k in want} == want, (module.__name__, spec)
+
+
+def test_mi_is_measured_between_the_branches_the_objective_compares(train):
+    """BYOL: mi/* are the estimates between online + predictor on view 1 and the EMA target on view 2 of the held-out
+    pair (what the loss compares), mi_same/* those of the online network on both views. The last MI step is the last
+    step, so the final networks in eval mode give the logged values."""
+    t = train(byol, *TINY, "--max-steps", 2, "--mi-every", 2, images=256)
+    m, (v1, v2), acc = t.run.model.eval(), t.run.fixed_pair, events(t.dir)
+    with torch.no_grad():
+        pair = estimators.mi_estimates(m.predictor(m.online(v1)), m.target(v2))
+        same = estimators.mi_estimates(m.online(v1), m.online(v2))
+    for k in ("mi/cos_dv", "mi/infonce", "mi/jsd"):
+        assert [e.step for e in acc.Scalars(k)] == [2]
+        assert acc.Scalars(k)[0].value == pytest.approx(pair[k], rel=1e-4, abs=1e-4), k
+        assert acc.Scalars(k.replace("mi/", "mi_same/"))[0].value == pytest.approx(same[k], rel=1e-4, abs=1e-4), k
+    assert abs(pair["mi/cos_dv"] - same["mi/cos_dv"]) > 1e-3  # two different measurements
 
 
 STATEFUL = {moco_v2: ["--queue-size", 96], nnclr: ["--queue-size", 96],
