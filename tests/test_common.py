@@ -1,4 +1,5 @@
 """Plumbing: LARS, schedules, checkpoints, data loading from real on-disk formats, evaluation checks."""
+import contextlib
 import math
 
 import numpy as np
@@ -203,3 +204,19 @@ def test_evaluation_leaves_batchnorm_statistics_alone(train):
     run.evaluate()
     after = run.model.state_dict()
     assert before and all(torch.equal(v, after[k]) for k, v in before.items())
+
+
+def test_finetuning_trains_on_the_labelled_train_split(monkeypatch):
+    """STL-10's layout: an SSL split of mostly unlabelled images (label -1) and a smaller labelled train split.
+    Fine-tuning sees only the train split's images, all labelled, in shuffled batches of its size."""
+    x, y = common.make_synthetic(160, 0)
+    ssl = x, torch.where(torch.arange(160) < 64, y, -1)  # images 64... unlabelled
+    d = common.Data("stl-like", 10, 32, (0.5,) * 3, (0.25,) * 3, splits={"ssl": ssl, "train": (x[:64], y[:64]),
+                                                                           "test": (x[:16], y[:16])})
+    seen, ce = [], common.labelled_cross_entropy
+    monkeypatch.setattr(common, "labelled_cross_entropy", lambda logits, y: seen.append(y) or ce(logits, y))
+    backbone, dim = common.build_backbone("tiny", 32)
+    top1 = common.finetune(backbone, dim, d, lambda t: t.float() / 255, contextlib.nullcontext, 2, 16, 0)
+    assert len(seen) == 2 * 64 // 16 and all((s >= 0).all() for s in seen)
+    assert torch.cat(seen[:4]).sort().values.tolist() == y[:64].sort().values.tolist()  # one epoch: each image once
+    assert 0 <= top1 <= 100
