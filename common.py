@@ -390,14 +390,13 @@ def extract_features(net: nn.Module, data: Data, split: str, normalize, batch_si
     return torch.cat(feats), torch.cat(labels)
 
 def labelled_cross_entropy(logits: Tensor, y: Tensor):
-    """Cross-entropy L = S / n and top-1 (%) over the labelled samples (y >= 0) of the global batch, no device sync:
-    one all-reduce sums S_r and n_r, rank r's summed loss and labelled count (unequal: STL-10). dL = sum_r dS_r / n and
-    average_gradients divides the ranks' sum by W, so each rank backpropagates W S_r / n (the value returned is L)."""
+    """Cross-entropy L = S / n and top-1 (%) over the labelled samples (y >= 0) of the global batch: one all-reduce (no
+    sync) sums rank r's loss sum S_r and labelled count n_r (unequal on STL-10). dL = sum_r dS_r / n; average_gradients
+    divides the ranks' sum by W, so each rank backpropagates W S_r / n, with the value of L (what is logged)."""
     s_r = F.cross_entropy(logits, y, ignore_index=-1, reduction="sum")  # over this rank's labelled samples
     tot = torch.stack([s_r.detach(), (logits.argmax(1) == y).sum(), (y >= 0).sum()]).float()  # [S_r, hits_r, n_r]
-    dist.all_reduce(tot) if world_size() > 1 else None  # -> [S, hits, n]
-    n = tot[2].clamp(min=1)
-    return (world_size() * (s_r - s_r.detach()) + tot[0]) / n, 100 * tot[1] / n  # value S / n, gradient W dS_r / n
+    dist.all_reduce(tot) if world_size() > 1 else None  # -> [S, hits, n]; returned: value S / n, gradient W dS_r / n
+    return (world_size() * (s_r - s_r.detach()) + tot[0]) / tot[2].clamp(min=1), 100 * tot[1] / tot[2].clamp(min=1)
 
 class OnlineProbe(nn.Module):
     """Linear classifier trained alongside SSL on detached features, with its own SGD (ONLINE_PROTOCOL)."""
