@@ -248,9 +248,8 @@ class Data:
         return len(self.files["ssl"]) if self.large else len(self.splits["ssl"][0])
 
     def ssl_batches(self, batch_size: int, epoch: int, seed: int, views=None, start: int = 0, split: str = "ssl"):
-        """This rank's share of global batches start, start + 1... of an epoch of a split (default "ssl"; drop_last):
-        (uint8 images or per-view crops, labels, dataset indices). The permutation depends on (seed, epoch) only; global
-        batch i is split into consecutive equal shares by rank, so the ranks' shares together are one process's."""
+        """This rank's share of global batches start, start + 1... of an epoch of a split (drop_last): uint8 images (or
+        per-view crops), labels, dataset indices. Shuffled by (seed, epoch) only; rank r takes the r-th equal share."""
         b, r, n = batch_size // world_size(), rank(), len(self.files[split] if self.large else self.splits[split][0])
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
         shares = [perm[i * batch_size + r * b:][:b] for i in range(start, n // batch_size)]
