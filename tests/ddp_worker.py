@@ -80,6 +80,14 @@ class FakeCIFAR10:
         self.data, self.targets = np.zeros((4, 32, 32, 3), np.uint8), [0, 1, 2, 3]
 
 
+def drifting(kmeans):
+    """k-means whose centroids end a little elsewhere (1e-3 per coordinate), as they may on another GPU."""
+    def moved(*args):
+        centroids, assignments = kmeans(*args)
+        return F.normalize(centroids + 1e-3, dim=1), assignments
+    return moved
+
+
 def download(out: Path):
     real, torchvision.datasets.CIFAR10 = torchvision.datasets.CIFAR10, FakeCIFAR10
     try:
@@ -94,7 +102,7 @@ def main():
     world = int(os.environ.get("WORLD_SIZE", "1"))
     common.init_distributed("cpu")
     nn.BatchNorm1d = nn.BatchNorm2d = PerSampleNorm
-    load, gather, track, finish = common.load_data, common.gather, common.Run.track, common.Run.finish
+    load, gather, track = common.load_data, common.gather, common.Run.track
 
     def small(*a, **k):  # IMAGES images per split; in the SSL split a third unlabelled
         d = load(*a, **k)
@@ -111,8 +119,8 @@ def main():
     def finish_spy(self):  # after the last step, instead of the evaluation
         final = [*self.model.state_dict().items(), *self.probe.state_dict(prefix="probe.").items()]
         state = {k: v - self.initial[k] if v.is_floating_point() else v for k, v in final}
-        grads = {k: p.grad.detach().clone() for m, pre in ((self.model, ""), (self.probe, "probe."))
-                 for k, p in m.named_parameters(prefix=pre.rstrip(".")) if p.grad is not None}
+        grads = {k: p.grad.detach().clone() for m, pre in ((self.model, ""), (self.probe, "probe"))
+                 for k, p in m.named_parameters(prefix=pre) if p.grad is not None}
         torch.save({"grads": grads, "state": state}, out / f"{self.label}_world{self.world}_rank{self.rank}.pt")
         self.writer.close() if self.main else None
 
@@ -125,9 +133,8 @@ def main():
         common.gather = broken_gather if broken else gather
         common.Run.label = label
         module = importlib.import_module(name)
-        if name == "deepcluster_v2" and common.rank() > 0:  # rank 1's k-means ends a little elsewhere
-            kmeans = module.kmeans
-            module.kmeans = lambda *a: (lambda c, assign: (F.normalize(c + 1e-3, dim=1), assign))(*kmeans(*a))
+        if name == "deepcluster_v2" and common.rank() > 0:
+            module.kmeans = drifting(module.kmeans)
         vit = name in ("ibot", "dino_vit", "mae")
         steps = STEPS + (2 if name == "deepcluster_v2" else 0)  # its first epoch (2 steps) only fills the memory
         flags = ["--dataset", "synthetic", "--backbone", "vit_tiny" if vit else "tiny", "--batch-size", 32,
