@@ -220,3 +220,28 @@ def test_finetuning_trains_on_the_labelled_train_split(monkeypatch):
     assert len(seen) == 2 * 64 // 16 and all((s >= 0).all() for s in seen)
     assert torch.cat(seen[:4]).sort().values.tolist() == y[:64].sort().values.tolist()  # one epoch: each image once
     assert 0 <= top1 <= 100
+
+
+def test_labelled_cross_entropy_of_two_ranks_with_unequal_labelled_counts_is_the_global_mean(monkeypatch):
+    """Two ranks simulated in one process (world_size 2, all_reduce sums what both ranks reduce): the mean of their
+    gradients (what average_gradients takes), their loss and top-1 are one process's on the whole batch."""
+    logits = torch.randn(8, 5, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    y = torch.tensor([0, -1, 2, 3, -1, -1, -1, 1])  # rank 0 holds 3 labelled images, rank 1 holds 1
+    loss, top1 = common.labelled_cross_entropy(logits, y)
+    mask = y >= 0
+    naive = nn.functional.cross_entropy(logits[mask], y[mask])
+    assert loss.item() == pytest.approx(naive.item(), rel=1e-6)
+    assert top1.item() == pytest.approx(100 * (logits[mask].argmax(1) == y[mask]).float().mean().item())
+    grad, = torch.autograd.grad(naive, logits)
+    shares, reduced = [(logits[:4], y[:4]), (logits[4:], y[4:])], []
+    monkeypatch.setattr(common, "world_size", lambda: 2)
+    monkeypatch.setattr(common.dist, "all_reduce", lambda t: reduced.append(t.clone()))  # what each rank reduces
+    for lg, t in shares:
+        common.labelled_cross_entropy(lg, t)
+    monkeypatch.setattr(common.dist, "all_reduce", lambda t: t.copy_(reduced[0] + reduced[1]))
+    mean_grad = 0
+    for lg, t in shares:
+        loss_r, top1_r = common.labelled_cross_entropy(lg, t)
+        mean_grad = mean_grad + torch.autograd.grad(loss_r, logits)[0] / 2
+        assert loss_r.item() == pytest.approx(naive.item(), rel=1e-6) and top1_r.item() == pytest.approx(top1.item())
+    assert torch.allclose(mean_grad, grad, atol=1e-7, rtol=1e-5)
