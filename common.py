@@ -115,6 +115,10 @@ def broadcast(obj):  # rank 0's value of a picklable object, on every rank
     dist.broadcast_object_list(box, src=0) if world_size() > 1 else None
     return box[0]
 
+def broadcast_(*tensors: Tensor):  # rank 0's values of these tensors on every rank, in place (a collective)
+    for t in tensors if world_size() > 1 else ():
+        dist.broadcast(t, 0)
+
 # ------------------------------------------------------------------------------------------------------------ data
 CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
                "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
@@ -154,15 +158,18 @@ def _missing(what: str, where, hint: str = "") -> UserError:
                      "imagefolder --data-dir PATH (PATH/train/<class>/*.jpg and PATH/val/ or PATH/test/).")
 
 def _torchvision_split(name, root, split):
+    first = world_size() == 1 or os.environ.get("LOCAL_RANK", "0") == "0"  # of its node: it alone downloads
     try:
-        if name == "stl10":
-            d = torchvision.datasets.STL10(root, split=split, download=True)
-            return torch.from_numpy(d.data), torch.as_tensor(d.labels).long()
-        d = getattr(torchvision.datasets, name.upper())(root, train=split == "train", download=True)
-        return torch.from_numpy(d.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(d.targets)
+        dist.barrier() if not first else None  # the others wait until the first has the files, then only read
+        kw = dict(split=split) if name == "stl10" else dict(train=split == "train")
+        d = getattr(torchvision.datasets, name.upper())(root, download=first, **kw)
+        x, y = torch.from_numpy(d.data), torch.as_tensor(d.labels if name == "stl10" else d.targets).long()
+        return (x if name == "stl10" else x.permute(0, 3, 1, 2).contiguous()), y  # CIFAR's arrays are (N, H, W, 3)
     except Exception as e:  # no network, partial download, unreadable files
         hint = f" and could not be downloaded ({type(e).__name__})"
         raise _missing(f"{name} ({split} split)", Path(root).resolve(), hint) from None
+    finally:
+        dist.barrier() if first and world_size() > 1 else None  # downloaded (or failed): the others may read
 
 def _folder_samples(root: Path):  # (path, label) of an ImageFolder layout, or Tiny-ImageNet's val/val_annotations.txt
     try:
@@ -240,18 +247,17 @@ class Data:
     def __len__(self):
         return len(self.files["ssl"]) if self.large else len(self.splits["ssl"][0])
 
-    def ssl_batches(self, batch_size: int, epoch: int, seed: int, views=None, start: int = 0):
-        """This rank's share of global batches start, start + 1... of an epoch (drop_last): (uint8 images or per-view
-        crops, labels, dataset indices). The permutation depends on (seed, epoch) only; global batch i is split into
-        consecutive equal shares by rank, so the ranks' shares together are one process's batch i."""
-        perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        b, r = batch_size // world_size(), rank()
-        shares = [perm[i * batch_size + r * b:][:b] for i in range(start, len(self) // batch_size)]
+    def ssl_batches(self, batch_size: int, epoch: int, seed: int, views=None, start: int = 0, split: str = "ssl"):
+        """This rank's share of global batches start, start + 1... of an epoch of a split (drop_last): uint8 images (or
+        per-view crops), labels, dataset indices. Shuffled by (seed, epoch) only; rank r takes the r-th equal share."""
+        b, r, n = batch_size // world_size(), rank(), len(self.files[split] if self.large else self.splits[split][0])
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        shares = [perm[i * batch_size + r * b:][:b] for i in range(start, n // batch_size)]
         if not self.large:
-            x, y = self.splits["ssl"]
+            x, y = self.splits[split]
             yield from ((x[idx], y[idx], idx) for idx in (i.to(self.device) for i in shares))
             return
-        files = self.files["ssl"]
+        files = self.files[split]
         for crops, y, idx, ok in _loader(_Decoded(files, 0, "train", views, seed * 100_003 + epoch), shares):
             if not ok.all():
                 self.unreadable += int((~ok).sum())
@@ -388,10 +394,13 @@ def extract_features(net: nn.Module, data: Data, split: str, normalize, batch_si
     return torch.cat(feats), torch.cat(labels)
 
 def labelled_cross_entropy(logits: Tensor, y: Tensor):
-    """Cross-entropy and top-1 (%) over the labelled samples (y >= 0) of a batch, without a device sync."""
-    w = (y >= 0).float()
-    ce = (F.cross_entropy(logits, y.clamp(min=0), reduction="none") * w).sum() / w.sum().clamp(min=1)
-    return ce, 100 * ((logits.argmax(1) == y).float() * w).sum() / w.sum().clamp(min=1)
+    """Cross-entropy L = S / n and top-1 (%) over the labelled samples (y >= 0) of the global batch: one all-reduce (no
+    sync) sums rank r's loss sum S_r and labelled count n_r (unequal on STL-10). dL = sum_r dS_r / n; average_gradients
+    divides the ranks' sum by W, so each rank backpropagates W S_r / n, with the value of L (what is logged)."""
+    s_r = F.cross_entropy(logits, y, ignore_index=-1, reduction="sum")  # over this rank's labelled samples
+    tot = torch.stack([s_r.detach(), (logits.argmax(1) == y).sum(), (y >= 0).sum()]).float()  # [S_r, hits_r, n_r]
+    dist.all_reduce(tot) if world_size() > 1 else None  # -> [S, hits, n]; returned: value S / n, gradient W dS_r / n
+    return (world_size() * (s_r - s_r.detach()) + tot[0]) / tot[2].clamp(min=1), 100 * tot[1] / tot[2].clamp(min=1)
 
 class OnlineProbe(nn.Module):
     """Linear classifier trained alongside SSL on detached features, with its own SGD (ONLINE_PROTOCOL)."""
@@ -402,7 +411,7 @@ class OnlineProbe(nn.Module):
         self.opt = torch.optim.SGD(self.fc.parameters(), lr=0.1, momentum=0.9)
 
     def update(self, feats: Tensor, y: Tensor):
-        """One step on the labelled samples (y = -1: unlabelled, skipped); returns (loss, train top-1 %)."""
+        """One step on the labelled samples (y = -1: skipped) of the global batch; returns its (loss, train top-1 %)."""
         loss, acc = labelled_cross_entropy(self.fc(feats.detach().float()), y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -413,15 +422,15 @@ class OnlineProbe(nn.Module):
 def finetune(backbone: nn.Module, feat_dim: int, data: Data, normalize, autocast, epochs: int, batch_size: int,
              seed: int) -> float:
     """End-to-end supervised fine-tuning of a copy of the backbone with a linear head (FINETUNE_PROTOCOL), each rank on
-    its share of the labelled training images, gradients averaged; returns the test top-1."""
+    its share of the labelled train split (not the SSL split, unlabelled on STL-10), gradients averaged; test top-1."""
     net = nn.Sequential(copy.deepcopy(backbone), nn.Linear(feat_dim, data.num_classes)).to(data.device).train()
     net.requires_grad_(True)  # every parameter, also those fixed during SSL (MAE's sin-cos positions), as MAE does
     opt = make_optimizer("adamw", param_groups(net, 0.05), 5e-4 * batch_size / 256)
     view = ViewSpec(data.image_size, scale=(0.2, 1.0), jitter_p=0.0, gray_p=0.0)
     aug, g = Augment([view], data.mean, data.std, shard=(rank(), world_size())), torch.Generator(data.device)
-    total, step = epochs * (len(data) // batch_size), 0
+    total, step = epochs * (len(data.files["train"] if data.large else data.splits["train"][0]) // batch_size), 0
     for epoch in range(epochs):
-        for x, y, _ in data.ssl_batches(batch_size, epoch, seed + 7, [view]):
+        for x, y, _ in data.ssl_batches(batch_size, epoch, seed + 7, [view], split="train"):
             for grp in opt.param_groups:
                 grp["lr"] = grp["base_lr"] * warmup_cosine(step, total, total // 10, start=0.0)
             with autocast():
@@ -760,8 +769,7 @@ class Run:
     def _eval_mode(self, sync: bool = True):  # sync: rank 0's BN statistics on every rank, as DDP does (a collective)
         modes = [m.training for m in self.model.modules()]
         self.model.eval()
-        for b in self.model.buffers() if sync and self.world > 1 else []:
-            dist.broadcast(b, 0)
+        broadcast_(*self.model.buffers()) if sync else None
         return modes
 
     def _restore(self, modes):

@@ -32,9 +32,11 @@ Implementation details (defaults = solo-learn's tuned CIFAR recipe, scripts/pret
 7. LARS (eta 0.02, clipped, biases/norms excluded), lr 0.6 x batch/256, wd 1e-6, 10 warmup epochs, cosine to 0;
    solo-learn's yaml sets 11 warmup epochs (--warmup-epochs 11) and a minimum lr of 0.0006 (not exposed).
 8. Several processes: the loss is per image (its cluster, fixed prototypes), so it needs no gather; the global
-   batch's embeddings and indices are gathered into the memory of every process, so the memories, the k-means and
-   the prototypes stay identical. --sync-bn on by default (solo-learn). A run resumed in the middle of an epoch
-   keeps that epoch's checkpointed clustering (run.resumed_mid_epoch) instead of clustering again.
+   batch's embeddings and indices are gathered into the memory of every process, so the memories are identical;
+   k-means on the GPU is not bitwise reproducible (index_add_ sums with atomics), so rank 0's assignments and
+   centroids are broadcast to the others after each clustering. --sync-bn on by default (solo-learn). A run resumed
+   in the middle of an epoch keeps that epoch's checkpointed clustering (run.resumed_mid_epoch) instead of
+   clustering again.
 9. Evaluation: see README (online probe, kNN, offline linear probe); R = backbone output, Z = projector output.
 """
 import sys
@@ -175,6 +177,7 @@ def main(args: Args):
                 init = memory[torch.randperm(len(memory), generator=g)[:len(c)].to(memory.device)]
                 centroids, model.assignments[h] = kmeans(memory, init, args.kmeans_iterations)
                 c.copy_(centroids)
+            common.broadcast_(model.assignments, *prototypes)  # rank 0's clustering on all (CUDA atomics may differ)
         clusters_used = sum((torch.bincount(a[a >= 0]) > 0).sum() for a in model.assignments) / len(prototypes)
         for x, y in run.batches(epoch):
             lr = run.update_lr()

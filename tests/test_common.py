@@ -1,4 +1,5 @@
 """Plumbing: LARS, schedules, checkpoints, data loading from real on-disk formats, evaluation checks."""
+import contextlib
 import math
 
 import numpy as np
@@ -214,3 +215,44 @@ def test_evaluation_leaves_batchnorm_statistics_alone(train):
     run.evaluate()
     after = run.model.state_dict()
     assert before and all(torch.equal(v, after[k]) for k, v in before.items())
+
+
+def test_finetuning_trains_on_the_labelled_train_split(monkeypatch):
+    """STL-10's layout: an SSL split of mostly unlabelled images (label -1) and a smaller labelled train split.
+    Fine-tuning sees only the train split's images, all labelled, in shuffled batches of its size."""
+    x, y = common.make_synthetic(160, 0)
+    ssl = x, torch.where(torch.arange(160) < 64, y, -1)  # images 64... unlabelled
+    d = common.Data("stl-like", 10, 32, (0.5,) * 3, (0.25,) * 3, splits={"ssl": ssl, "train": (x[:64], y[:64]),
+                                                                           "test": (x[:16], y[:16])})
+    seen, ce = [], common.labelled_cross_entropy
+    monkeypatch.setattr(common, "labelled_cross_entropy", lambda logits, y: seen.append(y) or ce(logits, y))
+    backbone, dim = common.build_backbone("tiny", 32)
+    top1 = common.finetune(backbone, dim, d, lambda t: t.float() / 255, contextlib.nullcontext, 2, 16, 0)
+    assert len(seen) == 2 * 64 // 16 and all((s >= 0).all() for s in seen)
+    assert torch.cat(seen[:4]).sort().values.tolist() == y[:64].sort().values.tolist()  # one epoch: each image once
+    assert 0 <= top1 <= 100
+
+
+def test_labelled_cross_entropy_of_two_ranks_with_unequal_labelled_counts_is_the_global_mean(monkeypatch):
+    """Two ranks simulated in one process (world_size 2, all_reduce sums what both ranks reduce): the mean of their
+    gradients (what average_gradients takes), their loss and top-1 are one process's on the whole batch."""
+    logits = torch.randn(8, 5, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    y = torch.tensor([0, -1, 2, 3, -1, -1, -1, 1])  # rank 0 holds 3 labelled images, rank 1 holds 1
+    loss, top1 = common.labelled_cross_entropy(logits, y)
+    mask = y >= 0
+    naive = nn.functional.cross_entropy(logits[mask], y[mask])
+    assert loss.item() == pytest.approx(naive.item(), rel=1e-6)
+    assert top1.item() == pytest.approx(100 * (logits[mask].argmax(1) == y[mask]).float().mean().item())
+    grad, = torch.autograd.grad(naive, logits)
+    shares, reduced = [(logits[:4], y[:4]), (logits[4:], y[4:])], []
+    monkeypatch.setattr(common, "world_size", lambda: 2)
+    monkeypatch.setattr(common.dist, "all_reduce", lambda t: reduced.append(t.clone()))  # what each rank reduces
+    for lg, t in shares:
+        common.labelled_cross_entropy(lg, t)
+    monkeypatch.setattr(common.dist, "all_reduce", lambda t: t.copy_(reduced[0] + reduced[1]))
+    mean_grad = 0
+    for lg, t in shares:
+        loss_r, top1_r = common.labelled_cross_entropy(lg, t)
+        mean_grad = mean_grad + torch.autograd.grad(loss_r, logits)[0] / 2
+        assert loss_r.item() == pytest.approx(naive.item(), rel=1e-6) and top1_r.item() == pytest.approx(top1.item())
+    assert torch.allclose(mean_grad, grad, atol=1e-7, rtol=1e-5)
