@@ -111,8 +111,8 @@ def main():
         d.splits["ssl"] = x, torch.where(torch.arange(len(y)) % 3 == 0, -1, y)
         return d
 
-    def track_spy(self, model, optimizers, backbones, probe):
-        track(self, model, optimizers, backbones, probe)
+    def track_spy(self, model, optimizers, backbones, probe, **kw):
+        track(self, model, optimizers, backbones, probe, **kw)
         self.initial = {k: v.clone() for k, v in [*model.state_dict().items(),
                                                   *probe.state_dict(prefix="probe.").items()]}
 
