@@ -289,17 +289,16 @@ def load_data(name: str, data_dir: str, seed: int, device) -> Data:
         small = 10, *splits, IMAGENET_STATS
     elif name == "medmnist":
         keys = ("train_images", "train_labels", "test_images", "test_labels")
-        try:
+        try:  # images (N, H, W) or (N, H, W, 1 or 3); any other shape fails in permute or expand
             z = np.load(root)
             a = {k: torch.from_numpy(z[k]) for k in keys}
-        except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
-            raise UserError(f"medmnist needs --data-dir pointing at a MedMNIST .npz file with the arrays {keys} "
-                            f"(e.g. bloodmnist.npz); {root} is not one ({type(e).__name__}).") from None
-        for k in (k for k in keys[::2] if not (a[k].ndim == 3 or a[k].ndim == 4 and a[k].shape[3] in (1, 3))):
-            raise UserError(f"{root}: {k} of shape {tuple(a[k].shape)}, not (N, H, W) or (N, H, W, 1 or 3).")
-        tr, te = [((v[..., None] if v.ndim == 3 else v).permute(0, 3, 1, 2).expand(-1, 3, -1, -1).contiguous(),
-                   a[f"{s}_labels"].reshape(len(v), -1)[:, 0].long()) for s, v in ((s, a[f"{s}_images"]) for s in
-                                                                                  ("train", "test"))]
+            tr, te = [((v[..., None] if v.ndim == 3 else v).permute(0, 3, 1, 2).expand(-1, 3, -1, -1).contiguous(),
+                       a[f"{s}_labels"].reshape(len(v), -1)[:, 0].long()) for s, v in ((s, a[f"{s}_images"]) for s in
+                                                                                      ("train", "test"))]
+        except (OSError, ValueError, KeyError, AttributeError, TypeError, RuntimeError) as e:
+            raise UserError(f"medmnist needs --data-dir pointing at a MedMNIST .npz file with the arrays {keys}, "
+                            f"images (N, H, W) or (N, H, W, 1 or 3) (e.g. bloodmnist.npz); {root} is not one "
+                            f"({type(e).__name__}).") from None
         small = int(max(tr[1].max(), te[1].max())) + 1, tr, tr, te, _stats(tr[0])
     else:  # imagefolder, tinyimagenet, imagenet100: ImageFolder layouts
         split = next((s for s in ("val", "test") if (root / s).is_dir()), None)
@@ -473,10 +472,8 @@ def load_checkpoint(path: str, method: str, args) -> dict:
         s = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # empty, truncated, not a torch file, or holding objects other than tensors and plain types
         raise UserError(f"--resume {path}: not a readable checkpoint ({type(e).__name__}).") from None
-    if not isinstance(s, dict) or s.get("format") != CKPT_FORMAT:
-        raise UserError(f"--resume {path}: not a cleanssl training checkpoint (resume from a run's last.pt).")
-    if missing := [k for k in CKPT_KEYS if k not in s]:
-        raise UserError(f"--resume {path}: a damaged checkpoint (without {', '.join(missing)}).")
+    if not isinstance(s, dict) or s.get("format") != CKPT_FORMAT or not s.keys() >= set(CKPT_KEYS):
+        raise UserError(f"--resume {path}: not a complete cleanssl training checkpoint (resume from a run's last.pt).")
     if s["method"] != method:
         raise UserError(f"--resume {path} is a {s['method']} checkpoint; continue it with methods/{s['method']}.py.")
     old = s["args"]
@@ -536,8 +533,7 @@ class Run:
         res = self.dir / "results.json"  # written last: newer than the checkpoint once the run is complete
         if self.ckpt and self.ckpt["step"] >= self.stop_step and broadcast(
                 self.main and res.is_file() and res.stat().st_mtime >= Path(a.resume).stat().st_mtime):
-            raise UserError(f"{a.resume}: the run is already complete ({self.ckpt['step']} steps, results.json "
-                            "written); nothing to do. A larger --max-steps or --epochs extends it.", 0)
+            raise UserError(f"{a.resume}: the run is already complete; a larger --max-steps or --epochs extends it.", 0)
         prec = a.precision if a.precision != "auto" else ("bf16" if self.device.type == "cuda" else "fp32")
         self.amp_dtype = torch.bfloat16 if prec == "bf16" else None
         self.channels_last = not a.backbone.startswith("vit")  # faster convolutions on CUDA and on CPU (oneDNN)
@@ -644,12 +640,8 @@ class Run:
             yield
         except OSError as e:
             why = f"no space left on {self.dir}" if e.errno == errno.ENOSPC else f"cannot write in {self.dir} ({e})"
-            raise UserError(f"{why}: {', '.join(w for w in what if w not in self.kept)} not saved; {self._kept()}", 1)
-
-    def _kept(self) -> str:  # what the run has saved, for the line that stops it
-        more = "" if "results.json" in self.kept or not self.last_ckpt else f"; continue with --resume {self.last_ckpt}"
-        return f"kept {', '.join(self.kept)}{more}." if self.kept else "nothing saved yet" + (
-            f" (its tensorboard events so far are in {self.dir})." if self.writer else ".")
+            raise UserError(f"{why}: {', '.join(w for w in what if w not in self.kept)} not saved; kept "
+                            f"{', '.join(self.kept) or 'nothing'}.", 1) from None
 
     def _load(self, s: dict):
         a = self.args
@@ -662,12 +654,12 @@ class Run:
                 for g, h in zip(o.param_groups, now):
                     g.update(h)  # lr, weight decay, momentum...: this command line's (so changes are honoured)
             self.probe.load_state_dict(s["probe"]), self.probe.opt.load_state_dict(s["probe_opt"])
-        except (RuntimeError, ValueError, KeyError, AssertionError) as e:  # name the flags that changed shapes:
-            old, now = s["model"], self.model.state_dict()  # their old values are in the old shapes, new in the new
+        except (RuntimeError, ValueError, KeyError, AssertionError) as e:  # name the changed flags whose old and new
+            old, now = s["model"], self.model.state_dict()  # values are dimensions of the tensors that do not fit
             odd = [k for k in {**old, **now} if getattr(old.get(k), "shape", 0) != getattr(now.get(k), "shape", 0)]
-            dims = lambda d, v: {n for k in odd if k in d for n in d[k].shape} & set(np.ravel(v).tolist())  # noqa: E731
+            dims = {str(n) for k in odd for d in (old, now) if k in d for n in d[k].shape}
             why = ", ".join(f"--{k.replace('_', '-')} {o} (now {n})" for k, (o, n) in s["changed"].items()
-                            if dims(old, o) and dims(now, n)) or "".join(f"{k} differs" for k in odd[:1])
+                            if {str(o), str(n)} <= dims) or "".join(f"{k} differs" for k in odd[:1])
             raise UserError(f"--resume {a.resume}: the checkpoint does not fit this command's model or optimizer "
                             f"({why or str(e).splitlines()[0][:100]}).") from None
         self.step_count, self.start_epoch, self.start_batch = s["step"], s["epoch"], s["batch_in_epoch"]
@@ -676,12 +668,15 @@ class Run:
         torch.set_rng_state(s["rng"]["torch"])  # the augmentation and masks are reseeded every step; this is the rest
         if s["rng"]["cuda"] and len(s["rng"]["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(s["rng"]["cuda"])
-        w = s.get("world_size", self.world)
-        changes = ", ".join([f"--{k.replace('_', '-')} {o} -> {n}" for k, (o, n) in s["changed"].items()]
-                            + [f"processes {w} -> {self.world}"] * (w != self.world))
         self.last_ckpt, self.kept = Path(a.resume), [f"last.pt (step {s['step']})"]
+        changes = [f"--{k.replace('_', '-')} {o} -> {n}" for k, (o, n) in s["changed"].items()] + [
+            f"processes {w} -> {self.world}" for w in [s.get("world_size", self.world)] if w != self.world]
         self.print(f"resumed from {a.resume} at step {self.step_count} (epoch {self.start_epoch + 1}, batch "
-                   f"{self.start_batch}){f'; honoured changes: {changes}' if changes else ''}")
+                   f"{self.start_batch}){'; honoured changes: ' + ', '.join(changes) if changes else ''}")
+
+    def _last_good(self) -> str:  # for the line of a run that diverged (its directory keeps the curves up to there)
+        return (f"Last good checkpoint: {self.last_ckpt}" if self.last_ckpt else
+                f"Nothing saved yet (tensorboard curves so far in {self.dir})")
 
     def _on_signal(self, signum, _frame):
         if self._signal is not None:  # a second Ctrl-C: stop at once
@@ -773,7 +768,7 @@ class Run:
         bad = next(((k, v, t) for (t, k, _), v in zip(flat, vals) if k[:7] == "losses/" and not math.isfinite(v)), None)
         if any_rank(bad is not None):
             k, v, step = bad or ("a loss of another rank", "not finite", "?")
-            raise UserError(f"{k} is {v} at step {step}: training diverged; {self._kept()} Try a lower --lr or "
+            raise UserError(f"{k} is {v} at step {step}: training diverged. {self._last_good()}. Try a lower --lr or "
                             "--precision fp32.")
         if flat and self.main and (force_print or now - self._printed > 10):
             done = self.step_count - self.start_epoch * self.steps_per_epoch - self.start_batch
@@ -852,7 +847,7 @@ class Run:
         bad = _first_nonfinite(self.model, self.probe)
         if any_rank(bad is not None):
             raise UserError(f"{bad or 'a parameter of another rank'} is not finite at step {self.step_count}: training "
-                            f"diverged; {self._kept()} Try a lower --lr.")
+                            f"diverged; not saved. {self._last_good()}. Try a lower --lr.")
         with self._saving(f"last.pt of step {self.step_count}"):
             save_checkpoint(self.dir / "last.pt", {
                 "format": CKPT_FORMAT, "method": self.method, "model": self.model.state_dict(),

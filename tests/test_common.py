@@ -72,11 +72,11 @@ def test_checkpoint_is_atomic_and_its_bytes_depend_on_the_state_alone(tmp_path, 
 def test_a_checkpoint_with_the_format_tag_but_missing_keys_is_one_line(tmp_path):
     import simclr
     args = simclr.Args()
-    full = {"format": common.CKPT_FORMAT, "method": "simclr", "model": {}, "optimizers": [], "probe": {}, "probe_opt": {},
-            "epoch": 0, "batch_in_epoch": 0, "rng": {}, "args": dataclasses.asdict(args)}  # no "step"
-    for state, missing in ((full, "step"), ({"format": common.CKPT_FORMAT}, "method, model")):
+    full = {"format": common.CKPT_FORMAT, "method": "simclr", "model": {}, "optimizers": [], "probe": {},
+            "probe_opt": {}, "epoch": 0, "batch_in_epoch": 0, "rng": {}, "args": dataclasses.asdict(args)}  # no "step"
+    for state in (full, {"format": common.CKPT_FORMAT}):
         torch.save(state, tmp_path / "bad.pt")
-        with pytest.raises(common.UserError, match=f"damaged checkpoint.*without {missing}"):
+        with pytest.raises(common.UserError, match="not a complete cleanssl training checkpoint"):
             common.load_checkpoint(str(tmp_path / "bad.pt"), "simclr", args)
 
 
@@ -203,7 +203,7 @@ def test_medmnist_images_of_another_shape_are_one_line(tmp_path, shape):
     path, labels = tmp_path / "odd.npz", np.zeros((20, 1), dtype=np.int64)
     np.savez(path, train_images=np.zeros(shape, np.uint8), train_labels=labels, test_images=np.zeros(shape, np.uint8),
              test_labels=labels)
-    with pytest.raises(common.UserError, match=rf"train_images of shape \({shape[0]}, {shape[1]}"):
+    with pytest.raises(common.UserError, match=r"images \(N, H, W\) or \(N, H, W, 1 or 3\).*odd.npz is not one"):
         common.load_data("medmnist", str(path), 0, "cpu")
 
 
