@@ -1,7 +1,8 @@
 """Nothing lost: every bad input is one line and a non-zero exit with nothing half-written; checkpoints load with
 weights_only=True, refuse what does not fit and honour what may change; a non-finite state is never saved; SIGTERM
 saves and SIGKILL loses at most the last checkpoint interval, and --resume then ends bit-identical to an
-uninterrupted run; two runs started together get two run directories."""
+uninterrupted run (the same backbone.pt bytes); two runs started together get two run directories; a closed stdout,
+a full disk, a complete run resumed and Ctrl-C while importing each end in one line or none."""
 import hashlib
 import json
 import os
@@ -257,8 +258,11 @@ def test_a_full_disk_at_the_end_is_one_line_naming_what_was_saved(train, monkeyp
         raise OSError(28, "No space left on device")
 
     write = Path.write_bytes
-    monkeypatch.setattr(SummaryWriter, "add_embedding", full) if full_at == "projector" else monkeypatch.setattr(
-        Path, "write_bytes", lambda p, data: full() if p.name.startswith("backbone.pt") else write(p, data))
+    if full_at == "projector":
+        monkeypatch.setattr(SummaryWriter, "add_embedding", full)
+    else:  # save_checkpoint writes its temporary file backbone.pt.PID.tmp with Path.write_bytes
+        monkeypatch.setattr(Path, "write_bytes", lambda p, data: full() if p.name.startswith("backbone.pt") else
+                            write(p, data))
     with pytest.raises(common.UserError) as e:
         train(simclr, *TINY, "--max-steps", 3, "--save-every", 1, images=256)
     line, run_dir = str(e.value), next(Path("runs").iterdir())
