@@ -2,9 +2,12 @@
 Contents: errors and the command line | several processes (torchrun) | data | optimization | evaluation | runs
 (directory, logging, checkpoints, resume, interruptions). Two topics have their own module, re-exported here so a
 method file needs only `import common`: augment.py (batched augmentation) and backbones.py (ResNet, ViT)."""
+import contextlib
 import copy
 import dataclasses
 import datetime
+import errno
+import io
 import json
 import math
 import os
@@ -16,16 +19,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Literal
 
-import numpy as np
-import torch
-import torch.distributed as dist
-import torch.nn as nn
-import torch.nn.functional as F
-import torchvision
+try:  # the slow imports (seconds; method files import common first): Ctrl-C meanwhile exits 130, no traceback
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+    import torch.nn as nn
+    import torch.nn.functional as F
+    import torchvision
+    import tyro
 
-import estimators
-from augment import Augment, ViewSpec, multicrop  # noqa: F401  (method files use them as common.X)
-from backbones import VIT_SIZES, TinyResNet, ViT, build_backbone, default_patch, mlp  # noqa: F401  (likewise)
+    import estimators
+    from augment import Augment, ViewSpec, multicrop  # noqa: F401  (method files use them as common.X)
+    from backbones import VIT_SIZES, TinyResNet, ViT, build_backbone, default_patch, mlp  # noqa: F401  (likewise)
+except KeyboardInterrupt:
+    sys.exit(130)
 
 DatasetName = Literal["cifar10", "cifar100", "stl10", "tinyimagenet", "imagenet100", "imagefolder", "medmnist",
                       "synthetic"]
@@ -43,11 +50,10 @@ class UserError(Exception):
     """What the user can fix (missing data, bad flag, unusable checkpoint) or a saved stop: one line, exit `code`."""
     def __init__(self, message: str, code: int = 2):
         super().__init__(message)
-        self.code = code  # 2, or 128 + the signal
+        self.code = code  # 2 (bad input), 1 (a failed write), 0 (nothing to do), or 128 + the signal
 
 def cli(main, args_cls):
     """Parse the command line with tyro and run main(args), alone or as one of torchrun's processes."""
-    import tyro
     try:
         args = tyro.cli(args_cls)
     except BrokenPipeError:  # `--help | head`: the reader left; quiet, as other command-line tools
@@ -56,7 +62,7 @@ def cli(main, args_cls):
     try:
         main(args)
     except UserError as e:
-        print(f"{f'[rank {rank()}] ' if rank() else ''}{'error: ' if e.code == 2 else ''}{e}", file=sys.stderr)
+        print(f"{f'[rank {rank()}] ' if rank() else ''}{'error: ' if 0 < e.code < 3 else ''}{e}", file=sys.stderr)
         sys.exit(e.code)
     except KeyboardInterrupt:
         print("interrupted: nothing saved since the last checkpoint", file=sys.stderr)
@@ -289,15 +295,16 @@ def load_data(name: str, data_dir: str, seed: int, device) -> Data:
         small = 10, *splits, IMAGENET_STATS
     elif name == "medmnist":
         keys = ("train_images", "train_labels", "test_images", "test_labels")
-        try:
+        try:  # images (N, H, W) or (N, H, W, 1 or 3); any other shape fails in permute or expand
             z = np.load(root)
             a = {k: torch.from_numpy(z[k]) for k in keys}
-        except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
-            raise UserError(f"medmnist needs --data-dir pointing at a MedMNIST .npz file with the arrays {keys} "
-                            f"(e.g. bloodmnist.npz); {root} is not one ({type(e).__name__}).") from None
-        tr, te = [((v[:, None].expand(-1, 3, -1, -1) if v.ndim == 3 else v.permute(0, 3, 1, 2)).contiguous(),
-                   a[f"{s}_labels"].reshape(len(v), -1)[:, 0].long()) for s, v in (("train", a["train_images"]),
-                                                                                  ("test", a["test_images"]))]
+            tr, te = [((v[..., None] if v.ndim == 3 else v).permute(0, 3, 1, 2).expand(-1, 3, -1, -1).contiguous(),
+                       a[f"{s}_labels"].reshape(len(v), -1)[:, 0].long()) for s, v in ((s, a[f"{s}_images"]) for s in
+                                                                                      ("train", "test"))]
+        except (OSError, ValueError, KeyError, AttributeError, TypeError, RuntimeError) as e:
+            raise UserError(f"medmnist needs --data-dir pointing at a MedMNIST .npz file with the arrays {keys}, "
+                            f"images (N, H, W) or (N, H, W, 1 or 3) (e.g. bloodmnist.npz); {root} is not one "
+                            f"({type(e).__name__}).") from None
         small = int(max(tr[1].max(), te[1].max())) + 1, tr, tr, te, _stats(tr[0])
     else:  # imagefolder, tinyimagenet, imagenet100: ImageFolder layouts
         split = next((s for s in ("val", "test") if (root / s).is_dir()), None)
@@ -446,6 +453,7 @@ def finetune(backbone: nn.Module, feat_dim: int, data: Data, normalize, autocast
 
 # ------------------------------------------------------------------------------------------------------------ runs
 CKPT_FORMAT = "cleanssl-checkpoint-1"
+CKPT_KEYS = ("method", "model", "optimizers", "probe", "probe_opt", "step", "epoch", "batch_in_epoch", "rng", "args")
 FIXED_FLAGS = ("dataset", "backbone", "patch_size", "optimizer", "batch_size", "seed", "exp_name")  # define a run
 
 def pick_device(name: str) -> torch.device:
@@ -459,16 +467,15 @@ def pick_device(name: str) -> torch.device:
         raise UserError(f"--device {name}: not a device (auto, cpu, cuda, cuda:1, ...).") from None
 
 def save_checkpoint(path: Path, state: dict):
-    """torch.save to a temporary file of this process, then an atomic rename: a crash or a full disk never leaves half
-    a checkpoint, and the previous one stays intact."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    """torch.save into memory (the bytes then depend on the state alone), a temporary file of this process, an atomic
+    rename: a crash or a full disk (OSError) never leaves half a file, and the previous one stays intact."""
+    buf, tmp = io.BytesIO(), path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save(state, buf)
     try:
-        torch.save(state, tmp)
+        tmp.write_bytes(buf.getbuffer())
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # disk full, directory gone or unwritable
+    finally:
         tmp.unlink(missing_ok=True)
-        raise UserError(f"could not write {path} ({str(e).splitlines()[0][:100]}); the previous checkpoint is "
-                        "unchanged. Free some disk space and --resume it.") from None
 
 def load_checkpoint(path: str, method: str, args) -> dict:
     """A checkpoint of `method`, read with weights_only=True (tensors and plain values only: a file from elsewhere
@@ -479,8 +486,8 @@ def load_checkpoint(path: str, method: str, args) -> dict:
         s = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # empty, truncated, not a torch file, or holding objects other than tensors and plain types
         raise UserError(f"--resume {path}: not a readable checkpoint ({type(e).__name__}).") from None
-    if not isinstance(s, dict) or s.get("format") != CKPT_FORMAT:
-        raise UserError(f"--resume {path}: not a cleanssl training checkpoint (resume from a run's last.pt).")
+    if not isinstance(s, dict) or s.get("format") != CKPT_FORMAT or not s.keys() >= set(CKPT_KEYS):
+        raise UserError(f"--resume {path}: not a complete cleanssl training checkpoint (resume from a run's last.pt).")
     if s["method"] != method:
         raise UserError(f"--resume {path} is a {s['method']} checkpoint; continue it with methods/{s['method']}.py.")
     old = s["args"]
@@ -517,8 +524,6 @@ class Run:
         self.rank, self.world, self.main = rank(), world_size(), rank() == 0
         if a.batch_size % self.world:
             raise UserError(f"--batch-size {a.batch_size} (global) is not a multiple of the {self.world} processes.")
-        if a.sync_bn and self.world > 1 and self.device.type != "cuda":
-            raise UserError("--sync-bn needs GPUs (SyncBatchNorm refuses CPU tensors); add --no-sync-bn on CPU.")
         np.random.seed(a.seed), torch.manual_seed(a.seed)  # the same initial weights on every rank
         torch.backends.cudnn.benchmark = torch.backends.cuda.matmul.allow_tf32 = not a.deterministic
         torch.backends.cudnn.allow_tf32 = not a.deterministic
@@ -539,22 +544,29 @@ class Run:
         self.steps_per_epoch = len(self.data) // a.batch_size
         self.total_steps = a.epochs * self.steps_per_epoch  # what the lr / EMA / temperature schedules span
         self.stop_step = min(self.total_steps, a.max_steps or self.total_steps)
+        res = self.dir / "results.json"  # written last: newer than the checkpoint once the run is complete
+        if self.ckpt and self.ckpt["step"] >= self.stop_step and broadcast(
+                self.main and res.is_file() and res.stat().st_mtime >= Path(a.resume).stat().st_mtime):
+            raise UserError(f"{a.resume}: the run is already complete; a larger --max-steps or --epochs extends it.", 0)
         prec = a.precision if a.precision != "auto" else ("bf16" if self.device.type == "cuda" else "fp32")
         self.amp_dtype = torch.bfloat16 if prec == "bf16" else None
         self.channels_last = not a.backbone.startswith("vit")  # faster convolutions on CUDA and on CPU (oneDNN)
         self.gen = torch.Generator(device=self.device)  # augmentation: reseeded from (seed, step) at every step
         self.step_count = self.epoch = self.start_epoch = self.start_batch = self.batch_in_epoch = self._views = 0
         self.done = self.resumed_mid_epoch = False
-        self.writer = self.views = self.last_ckpt = self._signal = self._grid = None
-        self.results, self._pending, self._tick, self._printed, self._saved = {}, [], time.time(), 0.0, time.time()
+        self.writer = self.views = self.last_ckpt = self._signal = self._grid = self._embedding = None
+        self.results, self._pending, self.kept, self._tick, self._printed = {}, [], [], time.time(), 0.0  # kept: saved
+        self._saved = time.time()
         self.print(f"[{method}] {a.dataset}: {len(self.data)} training images of {self.data.image_size}px, "
                    f"{self.data.num_classes} classes; {a.backbone} on {self.device} ({prec})"
                    f"{f' x {self.world} processes' if self.world > 1 else ''}; {self.steps_per_epoch} steps/epoch, "
                    f"{self.stop_step} steps; run dir {self.dir}")
 
-    def print(self, *a):
-        if self.main:
-            print(*a, flush=True)
+    def print(self, *a):  # rank 0's stdout; closed (`| head`, a closed terminal): what cannot be printed is dropped
+        try:
+            print(*a, flush=True) if self.main else None
+        except OSError:  # BrokenPipeError, or EIO from a terminal that hung up: from now on stdout is /dev/null
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
     def shard(self, t: Tensor) -> Tensor:
         """This rank's rows of a tensor drawn for the global batch (e.g. masks drawn with run.gen)."""
@@ -575,9 +587,9 @@ class Run:
         elif self.main:  # fail now, not after loading the data: can the parent hold a new directory?
             try:
                 d.parent.mkdir(parents=True, exist_ok=True)
-                assert os.access(d.parent, os.W_OK), "not writable"
-            except (OSError, AssertionError) as e:
-                err = f"cannot create the run directory {d} ({type(e).__name__}: {e})."
+                err = None if os.access(d.parent, os.W_OK) else f"cannot create {d}: {d.parent} is not writable."
+            except OSError as e:
+                err = f"cannot create the run directory {d} ({e})."
         d, err = broadcast((d, err))  # rank 0's name and verdict
         if err:
             raise UserError(err)
@@ -606,8 +618,10 @@ class Run:
         """To the device (channels_last for conv nets), SyncBatchNorm across processes with --sync-bn, torch.compile of
         the backbone(s) with --compile; in place."""
         model = model.to(self.device, memory_format=torch.channels_last if self.channels_last else None)
-        if self.args.sync_bn and self.world > 1:
+        if self.args.sync_bn and self.world > 1 and self.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif self.args.sync_bn and self.world > 1:  # SyncBatchNorm runs on GPUs only
+            self.print("--sync-bn is off: SyncBatchNorm needs GPUs (BatchNorm uses each process's share of the batch)")
         for m in model.modules() if self.args.compile else []:
             if isinstance(m, (torchvision.models.ResNet, TinyResNet, ViT)):
                 m.compile()
@@ -623,21 +637,27 @@ class Run:
         self.optimizers = list(optimizers) if isinstance(optimizers, (list, tuple)) else [optimizers]
         if self.ckpt is not None:
             self._load(self.ckpt)
-        if self.main:
-            try:
+        with self._saving("the run directory and its tensorboard events"):
+            if self.main:
                 self.dir.mkdir(parents=True, exist_ok=self.ckpt is not None)
-            except OSError as e:
-                raise UserError(f"cannot create the run directory {self.dir} ({type(e).__name__}).") from None
-            for stale in self.dir.glob("*.tmp"):  # left by a process killed while saving
-                stale.unlink(missing_ok=True)
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(str(self.dir), purge_step=self.step_count + 1 if self.ckpt else None)
-            self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
-                f"|{k}|{v}|" for k, v in vars(self.args).items()))
-            if not self.ckpt:
-                self.writer.add_image("images/views", self._grid, 0)
+                for stale in self.dir.glob("*.tmp"):  # left by a process killed while saving
+                    stale.unlink(missing_ok=True)
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(str(self.dir), purge_step=self.step_count + 1 if self.ckpt else None)
+                self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
+                    f"|{k}|{v}|" for k, v in vars(self.args).items()))
+                self.writer.add_image("images/views", self._grid, 0) if not self.ckpt else None
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
+
+    @contextlib.contextmanager
+    def _saving(self, *what: str):  # an OSError (a full disk...) writing `what`: one line, what is and is not saved
+        try:
+            yield
+        except OSError as e:
+            why = f"no space left on {self.dir}" if e.errno == errno.ENOSPC else f"cannot write in {self.dir} ({e})"
+            raise UserError(f"{why}: {', '.join(w for w in what if w not in self.kept)} not saved; kept "
+                            f"{', '.join(self.kept) or 'nothing'}.", 1) from None
 
     def _load(self, s: dict):
         a = self.args
@@ -650,20 +670,29 @@ class Run:
                 for g, h in zip(o.param_groups, now):
                     g.update(h)  # lr, weight decay, momentum...: this command line's (so changes are honoured)
             self.probe.load_state_dict(s["probe"]), self.probe.opt.load_state_dict(s["probe_opt"])
-        except (RuntimeError, ValueError, KeyError, AssertionError) as e:
-            flags = ", ".join(f"--{k.replace('_', '-')} {o} (now {n})" for k, (o, n) in s["changed"].items())
+        except (RuntimeError, ValueError, KeyError, AssertionError) as e:  # name the changed flags whose old and new
+            old, now = s["model"], self.model.state_dict()  # values are dimensions of the tensors that do not fit
+            odd = [k for k in {**old, **now} if getattr(old.get(k), "shape", 0) != getattr(now.get(k), "shape", 0)]
+            dims = {str(n) for k in odd for d in (old, now) if k in d for n in d[k].shape}
+            why = ", ".join(f"--{k.replace('_', '-')} {o} (now {n})" for k, (o, n) in s["changed"].items()
+                            if {str(o), str(n)} <= dims) or "".join(f"{k} differs" for k in odd[:1])
             raise UserError(f"--resume {a.resume}: the checkpoint does not fit this command's model or optimizer "
-                            f"({flags or str(e).splitlines()[0][:100]}).") from None
+                            f"({why or str(e).splitlines()[0][:100]}).") from None
         self.step_count, self.start_epoch, self.start_batch = s["step"], s["epoch"], s["batch_in_epoch"]
         if self.start_batch >= self.steps_per_epoch:
             self.start_epoch, self.start_batch = self.start_epoch + 1, 0
         torch.set_rng_state(s["rng"]["torch"])  # the augmentation and masks are reseeded every step; this is the rest
         if s["rng"]["cuda"] and len(s["rng"]["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(s["rng"]["cuda"])
-        self.last_ckpt, changes = Path(a.resume), ", ".join(f"--{k.replace('_', '-')} {o} -> {n}"
-                                                            for k, (o, n) in s["changed"].items())
+        self.last_ckpt, self.kept = Path(a.resume), [f"last.pt (step {s['step']})"]
+        changes = [f"--{k.replace('_', '-')} {o} -> {n}" for k, (o, n) in s["changed"].items()] + [
+            f"processes {w} -> {self.world}" for w in [s.get("world_size", self.world)] if w != self.world]
         self.print(f"resumed from {a.resume} at step {self.step_count} (epoch {self.start_epoch + 1}, batch "
-                   f"{self.start_batch}){f'; honoured changes: {changes}' if changes else ''}")
+                   f"{self.start_batch}){'; honoured changes: ' + ', '.join(changes) if changes else ''}")
+
+    def _last_good(self) -> str:  # for the line of a run that diverged (its directory keeps the curves up to there)
+        return (f"Last good checkpoint: {self.last_ckpt}" if self.last_ckpt else
+                f"Nothing saved yet (tensorboard curves so far in {self.dir})")
 
     def _on_signal(self, signum, _frame):
         if self._signal is not None:  # a second Ctrl-C: stop at once
@@ -673,7 +702,8 @@ class Run:
 
     # -- the loop
     def epochs(self):
-        for epoch in range(self.start_epoch, self.args.epochs):
+        end = self.args.epochs if self.step_count < self.stop_step else 0  # resumed at the end: no epoch left
+        for epoch in range(self.start_epoch, end):
             self.epoch, self.resumed_mid_epoch = epoch, epoch == self.start_epoch and self.start_batch > 0
             yield epoch
             self.flush(force_print=True)
@@ -741,29 +771,28 @@ class Run:
             self.flush()
 
     def flush(self, force_print=False):
-        """Write pending scalars, stop if a loss is not finite (on every rank), print the progress line (~10 s)."""
+        """Write pending scalars, then stop if a loss is not finite (on every rank), print the progress line (~10 s)."""
         flat = [(step, k, v) for step, s in self._pending for k, v in s.items()]
         vals = torch.stack([v.to(self.device) for _, _, v in flat]).tolist() if flat else []
+        self._pending, now, last = [], time.time(), {k: v for (_, k, _), v in zip(flat, vals)}
+        if flat and self.main:
+            vps, self._views, self._tick = self._views / max(now - self._tick, 1e-9), 0, now
+            with self._saving("tensorboard's scalars"):
+                for (step, k, _), v in zip(flat, vals):
+                    self.writer.add_scalar(k, v, step)
+                self.writer.add_scalar("charts/views_per_sec", vps, self.step_count)
         bad = next(((k, v, t) for (t, k, _), v in zip(flat, vals) if k[:7] == "losses/" and not math.isfinite(v)), None)
         if any_rank(bad is not None):
             k, v, step = bad or ("a loss of another rank", "not finite", "?")
-            raise UserError(f"{k} is {v} at step {step}: training diverged. Last good checkpoint: "
-                            f"{self.last_ckpt or 'none saved yet'}. Try a lower --lr or --precision fp32.")
-        self._pending, now, last = [], time.time(), {}
-        if not flat or not self.main:
-            return
-        for (step, k, _), v in zip(flat, vals):
-            last[k] = v
-            self.writer.add_scalar(k, v, step)
-        vps, self._views, self._tick = self._views / max(now - self._tick, 1e-9), 0, now
-        self.writer.add_scalar("charts/views_per_sec", vps, self.step_count)
-        if force_print or now - self._printed > 10:
+            raise UserError(f"{k} is {v} at step {step}: training diverged. {self._last_good()}. Try a lower --lr or "
+                            "--precision fp32.")
+        if flat and self.main and (force_print or now - self._printed > 10):
             done = self.step_count - self.start_epoch * self.steps_per_epoch - self.start_batch
             eta, self._printed = (now - self.t0) / max(1, done) * (self.stop_step - self.step_count), now
             loss = last.get("losses/total", next((v for k, v in last.items() if k.startswith("losses/")), math.nan))
-            print(f"epoch {self.epoch + 1}/{self.args.epochs} step {self.step_count}/{self.stop_step} loss {loss:.4f} "
-                  f"lr {last.get('charts/learning_rate', math.nan):.4g} views/s {vps:,.0f} ETA {eta / 60:.1f} min",
-                  flush=True)
+            self.print(f"epoch {self.epoch + 1}/{self.args.epochs} step {self.step_count}/{self.stop_step} loss "
+                       f"{loss:.4f} lr {last.get('charts/learning_rate', math.nan):.4g} views/s {vps:,.0f} ETA "
+                       f"{eta / 60:.1f} min")
 
     # -- evaluation
     def _eval_mode(self, sync: bool = True):  # sync: rank 0's BN statistics on every rank, as DDP does (a collective)
@@ -825,11 +854,10 @@ class Run:
                            f"I(R;Z)/H(R) = {i / max(h, 1e-9):.4f} nats per effective dimension" + (f"\n[{name}] online "
                            f"linear top-1 {r['online_linear_top1']:.2f}   ({ONLINE_PROTOCOL})" if main else ""))
             self.results.update({key + tag: v for key, v in r.items()})
-            if final and main and self.main:  # tensorboard's projector: PCA / t-SNE of test features with labels
+            if final and main:  # for tensorboard's projector (PCA / t-SNE of test features with labels), written last
                 n = min(2000, len(tef))
                 x = None if self.data.large else (self.data.splits["test"][0][:n].float() / 255).cpu()
-                self.writer.add_embedding(tef[:n].cpu(), metadata=tel[:n].tolist(), global_step=self.step_count,
-                                          label_img=x, tag="backbone_features")
+                self._embedding = dict(mat=tef[:n].cpu(), metadata=tel[:n].tolist(), label_img=x)
             for key in ("knn_top1", "online_linear_top1", "linear_top1") if self.main else ():
                 self.writer.add_scalar(f"eval/{key}{tag}", r[key], self.step_count) if key in r else None
         self._restore(modes)
@@ -841,16 +869,17 @@ class Run:
         bad = _first_nonfinite(self.model, self.probe)
         if any_rank(bad is not None):
             raise UserError(f"{bad or 'a parameter of another rank'} is not finite at step {self.step_count}: training "
-                            f"diverged; not saved. Last good checkpoint: {self.last_ckpt or 'none'}. Try a lower --lr.")
-        if self.main:
+                            f"diverged; not saved. {self._last_good()}. Try a lower --lr.")
+        with self._saving(f"last.pt of step {self.step_count}"):
             save_checkpoint(self.dir / "last.pt", {
                 "format": CKPT_FORMAT, "method": self.method, "model": self.model.state_dict(),
                 "optimizers": [o.state_dict() for o in self.optimizers], "probe": self.probe.state_dict(),
                 "probe_opt": self.probe.opt.state_dict(), "step": self.step_count, "epoch": self.epoch,
                 "batch_in_epoch": self.batch_in_epoch, "world_size": self.world, "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-                "args": dataclasses.asdict(self.args)})
+                "args": dataclasses.asdict(self.args)}) if self.main else None
         self.last_ckpt, self._saved = self.dir / "last.pt", time.time()
+        self.kept = [f"last.pt (step {self.step_count})"]
 
     def finish(self):
         """Final evaluation of each backbone (and fine-tuning with --finetune-epochs), backbone.pt, results.json."""
@@ -859,22 +888,26 @@ class Run:
         a, epochs = self.args, min(self.args.epochs, -(-self.step_count // self.steps_per_epoch))  # begun epochs
         self.print(f"== {self.method} on {a.dataset}: {a.backbone}, {epochs} epochs, {self.step_count} steps, "
                    f"seed {a.seed} ==")
-        self.evaluate(final=True)
         name, (backbone, _) = next(iter(self.backbones.items()))  # the main result: the first tracked backbone
-        if self.main and _first_nonfinite(backbone) is None:
-            save_checkpoint(self.dir / "backbone.pt", {k: v.cpu() for k, v in backbone.state_dict().items()})
-        if a.finetune_epochs:
-            ft = finetune(backbone, self.probe.fc.in_features, self.data, self.normalize, self.autocast,
-                          a.finetune_epochs, a.batch_size, a.seed)
-            self.results["finetune_top1"] = ft
-            self.writer.add_scalar("eval/finetune_top1", ft, self.step_count) if self.main else None
-            self.print(f"[{name}] fine-tune top-1 {ft:.2f} after {a.finetune_epochs} epoch(s)   ({FINETUNE_PROTOCOL})")
-        self.results.update(method=self.method, dataset=a.dataset, backbone=a.backbone, seed=a.seed, epochs=epochs,
-                            steps=self.step_count, minutes=(time.time() - self.t0) / 60, processes=self.world,
-                            views_per_image=len(self.views))
-        if self.main:
-            (self.dir / "results.json").write_text(json.dumps(self.results, indent=1))
-            self.writer.close()
+        with self._saving("backbone.pt", "results.json", "tensorboard's projector"):  # the projector: the largest, last
+            self.evaluate(final=True)
+            if self.main and _first_nonfinite(backbone) is None:
+                save_checkpoint(self.dir / "backbone.pt", {k: v.cpu() for k, v in backbone.state_dict().items()})
+                self.kept.append("backbone.pt")
+            if a.finetune_epochs:
+                ft = finetune(backbone, self.probe.fc.in_features, self.data, self.normalize, self.autocast,
+                              a.finetune_epochs, a.batch_size, a.seed)
+                self.results["finetune_top1"] = ft
+                self.writer.add_scalar("eval/finetune_top1", ft, self.step_count) if self.main else None
+                self.print(f"[{name}] fine-tune top-1 {ft:.2f} after {a.finetune_epochs} epochs ({FINETUNE_PROTOCOL})")
+            self.results.update(method=self.method, dataset=a.dataset, backbone=a.backbone, seed=a.seed, epochs=epochs,
+                                steps=self.step_count, minutes=(time.time() - self.t0) / 60, processes=self.world,
+                                views_per_image=len(self.views))
+            if self.main:
+                (self.dir / "results.json").write_text(json.dumps(self.results, indent=1))
+                self.kept.append("results.json")
+                self.writer.add_embedding(**self._embedding, global_step=self.step_count, tag="backbone_features")
+                self.writer.close()
         self.print(f"backbone: {self.dir / 'backbone.pt'}   checkpoint: {self.last_ckpt}   tensorboard --logdir "
                    f"{self.dir.parent}")
         return self.results

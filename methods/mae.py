@@ -60,13 +60,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402  (before torch: Ctrl-C while it loads exits quietly)
 import torch
 import torch.nn as nn
 import torchvision
 from torchvision.models.vision_transformer import Encoder
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import common  # noqa: E402
 
 
 @dataclass

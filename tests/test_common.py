@@ -1,6 +1,8 @@
 """Plumbing: LARS, schedules, checkpoints, data loading from real on-disk formats, evaluation checks."""
 import contextlib
+import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,21 +63,33 @@ def test_linspace_warmup_is_the_official_teacher_temperature_schedule():
     assert abs(common.linspace_warmup(1, 3, 0.04, 0.07) - 0.055) < 1e-12  # halfway through epochs 0, 1, 2
 
 
-def test_checkpoint_is_atomic_and_a_full_disk_is_one_line(tmp_path, monkeypatch):
+def test_checkpoint_is_atomic_and_its_bytes_depend_on_the_state_alone(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     common.save_checkpoint(path, {"step": 1})
-    real_save = torch.save
+    common.save_checkpoint(tmp_path / "other.pt", {"step": 1})  # another name (torch.save stores a file's name)
+    assert path.read_bytes() == (tmp_path / "other.pt").read_bytes()
+    real_write = Path.write_bytes
 
-    def full_disk(obj, f):
-        real_save({"half": True}, f)  # half written, then the disk is full
+    def full_disk(self, data):
+        real_write(self, bytes(data)[:100])  # half written, then the disk is full
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(common.UserError) as e:
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    with pytest.raises(OSError, match="No space left"):
         common.save_checkpoint(path, {"step": 2})
-    assert "No space left" in str(e.value) and "\n" not in str(e.value)
     assert torch.load(path, weights_only=True)["step"] == 1  # the previous checkpoint is intact
-    assert list(tmp_path.iterdir()) == [path]  # and no temporary file is left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "other.pt"]  # and no temporary file is left
+
+
+def test_a_checkpoint_with_the_format_tag_but_missing_keys_is_one_line(tmp_path):
+    import simclr
+    args = simclr.Args()
+    full = {"format": common.CKPT_FORMAT, "method": "simclr", "model": {}, "optimizers": [], "probe": {},
+            "probe_opt": {}, "epoch": 0, "batch_in_epoch": 0, "rng": {}, "args": dataclasses.asdict(args)}  # no "step"
+    for state in (full, {"format": common.CKPT_FORMAT}):
+        torch.save(state, tmp_path / "bad.pt")
+        with pytest.raises(common.UserError, match="not a complete cleanssl training checkpoint"):
+            common.load_checkpoint(str(tmp_path / "bad.pt"), "simclr", args)
 
 
 def test_knn_and_linear_probe_on_separable_features():
@@ -194,6 +208,15 @@ def test_medmnist_npz(tmp_path):
              test_images=rng.integers(0, 255, (6, 28, 28, 3), dtype=np.uint8), test_labels=rng.integers(0, 8, (6, 1)))
     d = common.load_data("medmnist", str(path), 0, "cpu")
     assert d.splits["ssl"][0].shape == (20, 3, 28, 28) and d.splits["test"][1].shape == (6,) and d.image_size == 28
+
+
+@pytest.mark.parametrize("shape", [(20, 784), (20, 1, 28, 28, 3), (20, 28, 28, 2)], ids=["2-D", "5-D", "2 channels"])
+def test_medmnist_images_of_another_shape_are_one_line(tmp_path, shape):
+    path, labels = tmp_path / "odd.npz", np.zeros((20, 1), dtype=np.int64)
+    np.savez(path, train_images=np.zeros(shape, np.uint8), train_labels=labels, test_images=np.zeros(shape, np.uint8),
+             test_labels=labels)
+    with pytest.raises(common.UserError, match=r"images \(N, H, W\) or \(N, H, W, 1 or 3\).*odd.npz is not one"):
+        common.load_data("medmnist", str(path), 0, "cpu")
 
 
 @pytest.mark.parametrize("name", ["imagefolder", "tinyimagenet", "medmnist"])
