@@ -6,8 +6,7 @@ replaced by a learned mask token, the EMA teacher (no gradient; the "online toke
 masked patch the student's softmax over K prototypes must match the teacher's. Collapse is prevented as in DINO, on
 both outputs: a center each (running mean of the teacher logits, subtracted: no prototype dominates) against a low
 teacher temperature (sharpening: no uniform output), with the stop-gradient and the slow teacher.
-MI reading (ours): iBOT = DINO's SDMI reading (EMA teacher, centering + sharpening stand in for the marginal term) plus
-the same on masked patch tokens.
+MI reading (ours): DINO's SDMI reading (EMA teacher; centering and sharpening for the marginal term), on patches too.
 
     python methods/ibot.py --dataset cifar10                                  # ViT-Tiny/4, 2 x 32 px + 10 x 16 px
     python methods/ibot.py --dataset synthetic --patch-size 8 --epochs 2 --out-dim 1024   # CPU, no files needed
@@ -29,7 +28,7 @@ Implementation details (defaults = official main_ibot.py ViT-S command at 32 px,
    official), mean over images. P_t = softmax((t - c) / T_t); centers c <- 0.9 c + 0.1 batch mean.
 6. AdamW, lr 5e-4 x batch/256, 10 warmup epochs, cosine to 0 (official 1e-6); weight decay 0.04 -> 0.4 cosine per step
    on param_groups[0] (biases, norms, mask token: 0); per-parameter gradient norm clip 3.0 (official clip_gradients);
-   last layer's gradient cancelled in epoch 1. 200 epochs (paper 800), batch 256 (paper 1024), CUDA bf16 (paper fp16).
+   last layer's gradient cancelled in epoch 1. 200 epochs (paper 800), batch 256 (paper 1024), bf16/fp16 (paper fp16).
 7. Several processes: both losses are per image (an image's terms use its own views, its own masked count and the
    centers, equal on all processes): local means + averaged gradients = the global batch's, no gather. Both centers are
    global-batch means (teacher outputs gathered; the patch center from per-image patch means, all of L patches).
@@ -78,7 +77,7 @@ class Args:
     device: str = "auto"
     """auto (cuda if available), cpu, cuda, cuda:1...; under torchrun each process takes its local GPU"""
     precision: common.Precision = "auto"
-    """autocast dtype; auto = bf16 on CUDA, fp32 on CPU"""
+    """autocast dtype; auto = bf16 on GPUs with native bf16 (sm 8.0+), fp16 + loss scaling on older GPUs, fp32 on CPU"""
     deterministic: bool = False
     """deterministic kernels (slower on GPU)"""
     compile: bool = False
@@ -231,8 +230,7 @@ def clip_gradients(module: nn.Module, clip: float):
 
 def main(args: Args):
     if not args.backbone.startswith("vit") or not 0 < len(args.pred_ratio) == len(args.pred_ratio_var):
-        raise common.UserError("iBOT masks patch tokens: it needs a ViT (--backbone vit_tiny or vit_small) and one "
-                               "--pred-ratio-var per --pred-ratio.")
+        raise common.UserError("iBOT needs a ViT (--backbone vit_tiny or vit_small), one --pred-ratio-var per ratio.")
     run = common.Run(args, "ibot")
     size, gs, ls = run.data.image_size, args.global_crops_scale, args.local_crops_scale
     views = [common.ViewSpec(size, gs), common.ViewSpec(size, gs, solarize_p=0.2)]  # global views: masked, teacher
@@ -278,12 +276,14 @@ def main(args: Args):
             loss_patch = ibot_patch_loss(s[:, 1:], t_patch, mask, model.center_patch, args.student_temp, patch_temp)
             loss = loss_cls + loss_patch  # lambda1 = lambda2 = 1 (paper)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            run.scaler.scale(loss).backward()  # fp16: times the loss scale (else 1)
             common.average_gradients(model)  # several processes: the global batch's gradient on every one
+            run.scaler.unscale_(optimizer)  # fp16: clip the true gradient
             clip_gradients(model, args.clip_grad)  # each parameter's gradient norm <= 3 (after the average)
             if epoch < args.freeze_last_layer_epochs:
                 head.last_layer.weight.grad = None  # cancelled: AdamW skips it (no step, no weight decay)
-            optimizer.step()
+            run.scaler.step(optimizer)  # fp16: on the unscaled gradient, skipped if not finite
+            run.scaler.update()
             update_center(model.center, common.gather(t_cls.transpose(0, 1)).transpose(0, 1), args.center_momentum)
             t_img = t_patch.mean(1).view(2, n, -1).transpose(0, 1)  # per-image patch means (n, 2, K), L each
             update_center(model.center_patch, common.gather(t_img).transpose(0, 1), args.center_momentum)
