@@ -220,8 +220,9 @@ def main(args: Args):
             m.track_running_stats = False  # in train mode: batch statistics, running ones untouched
         feats = []
         for x, _, _ in itertools.islice(batches, args.alpha_batches):
+            v = aug(x, g)[0]  # outside autocast, as in training (under it the blur came back in bf16: a crash)
             with run.autocast():
-                r = backbone(aug(x, g)[0])  # (n, feat_dim)
+                r = backbone(v)  # (n, feat_dim)
                 feats.append(common.gather((r if args.alpha_space == "R" else projector(r)).float()))  # global batch
         for m in norms:
             m.track_running_stats = True
