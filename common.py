@@ -596,14 +596,16 @@ class Run:
         return Augment(views, d.mean, d.std, self.channels_last, (self.rank, self.world))
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        """To the device (channels_last for conv nets), SyncBatchNorm across processes with --sync-bn, torch.compile of
-        the backbone(s) with --compile; in place."""
+        """To the device (channels_last for conv nets), SyncBatchNorm across processes with --sync-bn; with --compile,
+        torch.compile of every network a method calls: the model's parts, the members of a part that is a Sequential,
+        and each backbone (ViT.tokens runs through its forward: compiled too); in place."""
         model = model.to(self.device, memory_format=torch.channels_last if self.channels_last else None)
         if self.args.sync_bn and self.world > 1:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        for m in model.modules() if self.args.compile else []:
-            if isinstance(m, (torchvision.models.ResNet, TinyResNet, ViT)):
-                m.compile()
+        parts = [m for c in model.children() for m in [c, *(c if isinstance(c, nn.Sequential) else [])]]
+        for m in {*parts, *(m for m in model.modules() if isinstance(m, (torchvision.models.ResNet, TinyResNet, ViT)))}:
+            m.compile() if self.args.compile else None
+        torch._dynamo.config.recompile_limit = 64  # all compiled modules share one cache (Module._call_impl's): not 8
         return model
 
     def track(self, model: nn.Module, optimizers, backbones: dict, probe: OnlineProbe):
