@@ -533,7 +533,7 @@ class Run:
         prec = a.precision if a.precision != "auto" else "fp32" if self.device.type != "cuda" else (
             "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16")  # bf16 natively: sm 8.0+
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=prec == "fp16")  # fp16: loss scaling (README)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=prec == "fp16")  # fp16 only; its step syncs
         self.channels_last = not a.backbone.startswith("vit")  # faster convolutions on CUDA and on CPU (oneDNN)
         self.gen = torch.Generator(device=self.device)  # augmentation: reseeded from (seed, step) at every step
         self.step_count = self.epoch = self.start_epoch = self.start_batch = self.batch_in_epoch = self._views = 0

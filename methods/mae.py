@@ -96,7 +96,7 @@ class Args:
     deterministic: bool = False
     """deterministic kernels (slower on GPU)"""
     compile: bool = False
-    """torch.compile the backbone"""
+    """torch.compile every network the method calls (ViT token path included); minutes to start on a CPU"""
     sync_bn: bool = False
     """under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm; GPUs only)"""
     eval_every: int = 50

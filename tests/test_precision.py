@@ -41,8 +41,8 @@ FP16 = [sdmi, dino_vit]  # updates of each kind: two optimizers; unscale_ before
 def low_precision_run(train, monkeypatch, module, precision, *flags):
     """Train 2 steps (64 images, batch 32; deepcluster_v2: 4) and record the dtype of every logged loss."""
     dtypes = {}
-    monkeypatch.setattr(common.Run, "log", lambda self, scalars: (dtypes.update(
-        {k: v.dtype for k, v in scalars.items() if k.startswith("losses/") and torch.is_tensor(v)}), LOG(self, scalars)))
+    monkeypatch.setattr(common.Run, "log", lambda self, s: (dtypes.update(
+        {k: v.dtype for k, v in s.items() if k.startswith("losses/") and torch.is_tensor(v)}), LOG(self, s)))
     t = train(module, *TINY, "--epochs", 1, "--precision", precision, *SMALL[module], *flags, images=64)
     assert t.run.amp_dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     assert dtypes and all(d == torch.float32 for d in dtypes.values()), dtypes  # objectives computed in fp32
