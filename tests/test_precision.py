@@ -92,7 +92,7 @@ def step_losses(train, monkeypatch, module, *flags):
     monkeypatch.setattr(common.Run, "track", spy)
     monkeypatch.setattr(common.Run, "log", lambda self, s: (losses.append(
         {k: float(v.detach()) for k, v in s.items() if k.startswith("losses/")}), LOG(self, s)))
-    monkeypatch.setattr(common.Run, "finish", lambda self: self.flush())
+    monkeypatch.setattr(common.Run, "finish", lambda self: (self.flush(), self.writer.close()))
     train(module, *TINY, "--max-steps", 3, *flags, images=96)
     return losses, compiled
 
