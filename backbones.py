@@ -49,7 +49,12 @@ class ViT(torchvision.models.VisionTransformer):
 
     def tokens(self, x: Tensor, mask: Tensor = None, mask_token: Tensor = None, keep: Tensor = None) -> Tensor:
         """All output tokens (N, 1 + L', D), CLS first. mask (N, L) bool: those patch embeddings are replaced by
-        mask_token (1, D) (iBOT); keep (N, L') long: only those patches enter the encoder (MAE)."""
+        mask_token (1, D) (iBOT); keep (N, L') long: only those patches enter the encoder (MAE). It runs through the
+        module's call, so that module.compile() (--compile) compiles this path too."""
+        return self(x, mask, mask_token, keep, cls_only=False)
+
+    def forward(self, x: Tensor, mask: Tensor = None, mask_token: Tensor = None, keep: Tensor = None,
+                cls_only: bool = True) -> Tensor:
         p = self.conv_proj(x)  # (N, D, gh, gw)
         pos = self.position_embedding(*p.shape[-2:])
         p = p.flatten(2).transpose(1, 2)  # (N, L, D)
@@ -59,10 +64,8 @@ class ViT(torchvision.models.VisionTransformer):
         if keep is not None:
             p = p.gather(1, keep[..., None].expand(-1, -1, p.shape[-1]))
         z = torch.cat([(self.class_token + pos[:, :1]).expand(len(p), -1, -1), p], dim=1)
-        return self.encoder.ln(self.encoder.layers(self.encoder.dropout(z)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.tokens(x)[:, 0]
+        z = self.encoder.ln(self.encoder.layers(self.encoder.dropout(z)))
+        return z[:, 0] if cls_only else z
 
 
 VIT_SIZES = {"vit_tiny": (192, 3, 768), "vit_small": (384, 6, 1536)}  # width, heads, MLP width; depth 12

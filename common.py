@@ -38,7 +38,7 @@ DatasetName = Literal["cifar10", "cifar100", "stl10", "tinyimagenet", "imagenet1
                       "synthetic"]
 BackboneName = Literal["resnet18", "resnet50", "tiny", "vit_tiny", "vit_small"]
 OptimizerName = Literal["lars", "sgd", "adamw"]
-Precision = Literal["auto", "fp32", "bf16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Tensor = torch.Tensor
 ONLINE_PROTOCOL = ("online linear probe: trained during SSL on detached backbone features of augmented view 1 "
                    "(SGD lr 0.1, momentum 0.9)")
@@ -344,21 +344,23 @@ class LARS(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """One foreach pass per group over all its parameters: a few dozen kernels a step, none read by the host."""
         for group in self.param_groups:
-            for p in (p for p in group["params"] if p.grad is not None):
-                g = p.grad
-                if not group["lars_exclude"]:
-                    wd, w_norm, g_norm = group["weight_decay"], p.norm(), g.norm()
-                    trust = group["eta"] * w_norm / (g_norm + wd * w_norm + group["eps"])
-                    if group["clip"]:
-                        trust = torch.clamp(trust / group["lr"], max=1.0)
-                    g = (g + wd * p) * torch.where((w_norm > 0) & (g_norm > 0), trust, torch.ones_like(trust))
-                buf = self.state[p].get("momentum_buffer")
-                if buf is None:
-                    buf = self.state[p]["momentum_buffer"] = torch.clone(g).detach()
-                else:
-                    buf.mul_(group["momentum"]).add_(g)
-                p.add_(buf, alpha=-group["lr"])
+            params = [p for p in group["params"] if p.grad is not None]
+            grads = [p.grad for p in params]
+            if params and not group["lars_exclude"]:
+                wd, w, g = group["weight_decay"], *(torch.stack(torch._foreach_norm(t)) for t in (params, grads))
+                ok = (w > 0) & (g > 0)  # as solo-learn: a zero weight or gradient is left as it is (no decay, no ratio)
+                trust = group["eta"] * w / (g + wd * w + group["eps"])
+                trust = torch.where(ok, torch.clamp(trust / group["lr"], max=1.0) if group["clip"] else trust, 1.0)
+                grads = torch._foreach_addcmul(grads, params, (wd * ok).unbind())  # g + wd w
+                torch._foreach_mul_(grads, trust.unbind())
+            for p in (p for p in params if "momentum_buffer" not in self.state[p]):
+                self.state[p]["momentum_buffer"] = torch.zeros_like(p)  # so that the first buffer is the first gradient
+            bufs = [self.state[p]["momentum_buffer"] for p in params]
+            torch._foreach_mul_(bufs, group["momentum"])
+            torch._foreach_add_(bufs, grads)
+            torch._foreach_add_(params, bufs, alpha=-group["lr"])
 
 def param_groups(module: nn.Module, weight_decay: float, **extra):
     """Two groups: weights (decayed) and biases/norm parameters (ndim <= 1: no decay, excluded from LARS)."""
@@ -367,13 +369,16 @@ def param_groups(module: nn.Module, weight_decay: float, **extra):
             dict(params=[p for p in params if p.ndim <= 1], weight_decay=0.0, lars_exclude=True, **extra)]
 
 def make_optimizer(name: str, groups, lr: float, momentum: float = 0.9, betas=(0.9, 0.999)):
-    """LARS / SGD / AdamW over param groups (see `param_groups`); `lr` is the already batch-scaled rate."""
+    """LARS / SGD / AdamW over param groups (see `param_groups`); `lr` is the already batch-scaled rate. SGD and AdamW
+    run torch's fused kernels where every parameter is on CUDA, else its foreach path (one pass over all parameters)."""
     for grp in groups:
         grp["base_lr"] = grp.get("base_lr", lr)
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum)
     groups = [{k: v for k, v in grp.items() if k != "lars_exclude"} for grp in groups]
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum) if name == "sgd" else torch.optim.AdamW(groups, lr, betas)
+    fast = {"fused" if all(p.is_cuda for grp in groups for p in grp["params"]) else "foreach": True}
+    return (torch.optim.SGD(groups, lr=lr, momentum=momentum, **fast) if name == "sgd" else
+            torch.optim.AdamW(groups, lr, betas, **fast))
 
 def warmup_cosine(step: int, total: int, warmup: int, start: float = 3e-5 / 0.4, end: float = 0.0) -> float:
     """Multiplier of the base lr at `step`: linear warmup from `start` to 1 over `warmup` steps, cosine to `end`.
@@ -415,7 +420,7 @@ class OnlineProbe(nn.Module):
     def __init__(self, feat_dim: int, num_classes: int, device):
         super().__init__()
         self.fc = nn.Linear(feat_dim, num_classes).to(device)
-        self.opt = torch.optim.SGD(self.fc.parameters(), lr=0.1, momentum=0.9)
+        self.opt = make_optimizer("sgd", [dict(params=list(self.fc.parameters()))], 0.1)  # momentum 0.9
 
     def update(self, feats: Tensor, y: Tensor):
         """One step on the labelled samples (y = -1: skipped) of the global batch; returns its (loss, train top-1 %)."""
@@ -426,10 +431,11 @@ class OnlineProbe(nn.Module):
         self.opt.step()
         return loss.detach(), acc
 
-def finetune(backbone: nn.Module, feat_dim: int, data: Data, normalize, autocast, epochs: int, batch_size: int,
+def finetune(backbone: nn.Module, feat_dim: int, data: Data, normalize, autocast, scaler, epochs: int, batch_size: int,
              seed: int) -> float:
     """End-to-end supervised fine-tuning of a copy of the backbone with a linear head (FINETUNE_PROTOCOL), each rank on
-    its share of the labelled train split (not the SSL split, unlabelled on STL-10), gradients averaged; test top-1."""
+    its share of the labelled train split (not the SSL split, unlabelled on STL-10), gradients averaged (`scaler`: fp16
+    loss scaling); returns the test top-1."""
     net = nn.Sequential(copy.deepcopy(backbone), nn.Linear(feat_dim, data.num_classes)).to(data.device).train()
     net.requires_grad_(True)  # every parameter, also those fixed during SSL (MAE's sin-cos positions), as MAE does
     opt = make_optimizer("adamw", param_groups(net, 0.05), 5e-4 * batch_size / 256)
@@ -443,9 +449,9 @@ def finetune(backbone: nn.Module, feat_dim: int, data: Data, normalize, autocast
             with autocast():
                 loss, _ = labelled_cross_entropy(net(aug(x, g.manual_seed(seed * 1_000_003 + step))[0]).float(), y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             average_gradients(net)
-            opt.step()
+            scaler.step(opt), scaler.update()
             step += 1
     with autocast():
         logits, labels = extract_features(net, data, "test", normalize)
@@ -548,8 +554,10 @@ class Run:
         if self.ckpt and self.ckpt["step"] >= self.stop_step and broadcast(
                 self.main and res.is_file() and res.stat().st_mtime >= Path(a.resume).stat().st_mtime):
             raise UserError(f"{a.resume}: the run is already complete; a larger --max-steps or --epochs extends it.", 0)
-        prec = a.precision if a.precision != "auto" else ("bf16" if self.device.type == "cuda" else "fp32")
-        self.amp_dtype = torch.bfloat16 if prec == "bf16" else None
+        prec = a.precision if a.precision != "auto" else "fp32" if self.device.type != "cuda" else (
+            "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16")  # bf16 natively: sm 8.0+
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=prec == "fp16")  # fp16 only; its step syncs
         self.channels_last = not a.backbone.startswith("vit")  # faster convolutions on CUDA and on CPU (oneDNN)
         self.gen = torch.Generator(device=self.device)  # augmentation: reseeded from (seed, step) at every step
         self.step_count = self.epoch = self.start_epoch = self.start_batch = self.batch_in_epoch = self._views = 0
@@ -615,16 +623,18 @@ class Run:
         return Augment(views, d.mean, d.std, self.channels_last, (self.rank, self.world))
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        """To the device (channels_last for conv nets), SyncBatchNorm across processes with --sync-bn, torch.compile of
-        the backbone(s) with --compile; in place."""
+        """To the device (channels_last for conv nets), SyncBatchNorm across processes with --sync-bn; with --compile,
+        torch.compile of every network a method calls: the model's parts, the members of a part that is a Sequential,
+        and each backbone (ViT.tokens runs through its forward: compiled too); in place."""
         model = model.to(self.device, memory_format=torch.channels_last if self.channels_last else None)
         if self.args.sync_bn and self.world > 1 and self.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         elif self.args.sync_bn and self.world > 1:  # SyncBatchNorm runs on GPUs only
             self.print("--sync-bn is off: SyncBatchNorm needs GPUs (BatchNorm uses each process's share of the batch)")
-        for m in model.modules() if self.args.compile else []:
-            if isinstance(m, (torchvision.models.ResNet, TinyResNet, ViT)):
-                m.compile()
+        parts = [m for c in model.children() for m in [c, *(c if isinstance(c, nn.Sequential) else [])]]
+        for m in {*parts, *(m for m in model.modules() if isinstance(m, (torchvision.models.ResNet, TinyResNet, ViT)))}:
+            m.compile() if self.args.compile else None
+        torch._dynamo.config.recompile_limit = 64  # all compiled modules share one cache (Module._call_impl's): not 8
         return model
 
     def track(self, model: nn.Module, optimizers, backbones: dict, probe: OnlineProbe, branches=None):
@@ -670,6 +680,7 @@ class Run:
                 for g, h in zip(o.param_groups, now):
                     g.update(h)  # lr, weight decay, momentum...: this command line's (so changes are honoured)
             self.probe.load_state_dict(s["probe"]), self.probe.opt.load_state_dict(s["probe_opt"])
+            self.scaler.load_state_dict(s["scaler"]) if s.get("scaler") else None  # fp16's loss scale
         except (RuntimeError, ValueError, KeyError, AssertionError) as e:  # name the changed flags whose old and new
             old, now = s["model"], self.model.state_dict()  # values are dimensions of the tensors that do not fit
             odd = [k for k in {**old, **now} if getattr(old.get(k), "shape", 0) != getattr(now.get(k), "shape", 0)]
@@ -877,7 +888,7 @@ class Run:
                 "probe_opt": self.probe.opt.state_dict(), "step": self.step_count, "epoch": self.epoch,
                 "batch_in_epoch": self.batch_in_epoch, "world_size": self.world, "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-                "args": dataclasses.asdict(self.args)}) if self.main else None
+                "args": dataclasses.asdict(self.args), "scaler": self.scaler.state_dict()}) if self.main else None
         self.last_ckpt, self._saved = self.dir / "last.pt", time.time()
         self.kept = [f"last.pt (step {self.step_count})"]
 
@@ -896,6 +907,7 @@ class Run:
                 self.kept.append("backbone.pt")
             if a.finetune_epochs:
                 ft = finetune(backbone, self.probe.fc.in_features, self.data, self.normalize, self.autocast,
+                              torch.amp.GradScaler(self.device.type, enabled=self.scaler.is_enabled()),
                               a.finetune_epochs, a.batch_size, a.seed)
                 self.results["finetune_top1"] = ft
                 self.writer.add_scalar("eval/finetune_top1", ft, self.step_count) if self.main else None

@@ -90,11 +90,11 @@ class Args:
     device: str = "auto"
     """auto (cuda if available), cpu, cuda, cuda:1...; under torchrun each process takes its local GPU"""
     precision: common.Precision = "auto"
-    """autocast dtype; auto = bf16 on CUDA, fp32 on CPU"""
+    """autocast dtype; auto = bf16 on GPUs with native bf16 (sm 8.0+), fp16 + loss scaling on older GPUs, fp32 on CPU"""
     deterministic: bool = False
     """deterministic kernels (slower on GPU)"""
     compile: bool = False
-    """torch.compile the backbone"""
+    """torch.compile every network the method calls (ViT token path included); minutes to start on a CPU"""
     sync_bn: bool = True
     """under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm; GPUs only)"""
     eval_every: int = 50
@@ -219,8 +219,9 @@ def main(args: Args):
             m.track_running_stats = False  # in train mode: batch statistics, running ones untouched
         feats = []
         for x, _, _ in itertools.islice(batches, args.alpha_batches):
+            v = aug(x, g)[0]  # outside autocast, as in training (under it the blur came back in bf16: a crash)
             with run.autocast():
-                r = backbone(aug(x, g)[0])  # (n, feat_dim)
+                r = backbone(v)  # (n, feat_dim)
                 feats.append(common.gather((r if args.alpha_space == "R" else projector(r)).float()))  # global batch
         for m in norms:
             m.track_running_stats = True
@@ -244,9 +245,10 @@ def main(args: Args):
             r1g, r2g, z1, z2 = (common.gather(t.float()) for t in (r1, r2, z1, z2))  # (N, .): the global batch
             loss, nce, vic, mi_term = adadim_loss(r1g, r2g, z1, z2, model.alpha, gamma, args.beta, args.temperature)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            run.scaler.scale(loss).backward()  # fp16: times the loss scale (else 1)
             common.average_gradients(model)  # several processes: the global batch's gradient on every one
-            optimizer.step()
+            run.scaler.step(optimizer)  # fp16: on the unscaled gradient, skipped if not finite
+            run.scaler.update()
             probe_loss, probe_acc = probe.update(r1, y)
             run.log({"losses/nce": nce, "losses/vicreg": vic, "losses/mi_RZ": mi_term, "losses/total": loss,
                      "losses/online_linear": probe_loss, "charts/online_linear_train_top1": probe_acc,

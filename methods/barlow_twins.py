@@ -70,11 +70,11 @@ class Args:
     device: str = "auto"
     """auto (cuda if available), cpu, cuda, cuda:1...; under torchrun each process takes its local GPU"""
     precision: common.Precision = "auto"
-    """autocast dtype; auto = bf16 on CUDA, fp32 on CPU"""
+    """autocast dtype; auto = bf16 on GPUs with native bf16 (sm 8.0+), fp16 + loss scaling on older GPUs, fp32 on CPU"""
     deterministic: bool = False
     """deterministic kernels (slower on GPU)"""
     compile: bool = False
-    """torch.compile the backbone"""
+    """torch.compile every network the method calls (ViT token path included); minutes to start on a CPU"""
     sync_bn: bool = True
     """under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm; GPUs only)"""
     eval_every: int = 50
@@ -141,9 +141,10 @@ def main(args: Args):
             z1, z2 = common.gather(z1.float()), common.gather(z2.float())  # (N, proj_output_dim): the global batch
             loss, invariance, redundancy = barlow_twins_loss(z1, z2, args.lambd)
             optimizer.zero_grad(set_to_none=True)
-            (args.scale_loss * loss).backward()  # why scaled: solo-learn's recipe (docstring, item 5)
+            run.scaler.scale(args.scale_loss * loss).backward()  # why scaled: solo-learn's recipe (docstring, item 5)
             common.average_gradients(model)  # several processes: the global batch's gradient on every one
-            optimizer.step()
+            run.scaler.step(optimizer)  # fp16: on the unscaled gradient, skipped if not finite
+            run.scaler.update()
             probe_loss, probe_acc = probe.update(r1, y)
             run.log({"losses/invariance": invariance, "losses/redundancy": redundancy, "losses/total": loss,
                      "losses/online_linear": probe_loss, "charts/online_linear_train_top1": probe_acc,

@@ -78,11 +78,11 @@ class Args:
     device: str = "auto"
     """auto (cuda if available), cpu, cuda, cuda:1...; under torchrun each process takes its local GPU"""
     precision: common.Precision = "auto"
-    """autocast dtype; auto = bf16 on CUDA, fp32 on CPU"""
+    """autocast dtype; auto = bf16 on GPUs with native bf16 (sm 8.0+), fp16 + loss scaling on older GPUs, fp32 on CPU"""
     deterministic: bool = False
     """deterministic kernels (slower on GPU)"""
     compile: bool = False
-    """torch.compile the backbone"""
+    """torch.compile every network the method calls (ViT token path included); minutes to start on a CPU"""
     sync_bn: bool = True
     """under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm; GPUs only)"""
     eval_every: int = 50
@@ -190,9 +190,10 @@ def main(args: Args):
                 p = [z @ c.T for c in prototypes]  # H x (V, n, K_h) scores against the fixed centroids
                 loss = deepcluster_loss(p, model.assignments[:, run.batch_index], args.temperature)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                run.scaler.scale(loss).backward()  # fp16: times the loss scale (else 1)
                 common.average_gradients(model)  # several processes: the global batch's gradient on every one
-                optimizer.step()
+                run.scaler.step(optimizer)  # fp16: on the unscaled gradient, skipped if not finite
+                run.scaler.update()
                 logs = {"losses/deepcluster": loss, "losses/total": loss, "charts/clusters_used": clusters_used}
             z_all, index = common.gather(z[:2].detach().transpose(0, 1)), common.gather(run.batch_index)  # (N, 2, D)
             model.memory[:, index] = z_all.transpose(0, 1)  # the global views' embeddings, for the next clustering

@@ -81,11 +81,11 @@ class Args:
     device: str = "auto"
     """auto (cuda if available), cpu, cuda, cuda:1...; under torchrun each process takes its local GPU"""
     precision: common.Precision = "auto"
-    """autocast dtype; auto = bf16 on CUDA, fp32 on CPU"""
+    """autocast dtype; auto = bf16 on GPUs with native bf16 (sm 8.0+), fp16 + loss scaling on older GPUs, fp32 on CPU"""
     deterministic: bool = False
     """deterministic kernels (slower on GPU)"""
     compile: bool = False
-    """torch.compile the backbone"""
+    """torch.compile every network the method calls (ViT token path included); minutes to start on a CPU"""
     sync_bn: bool = True
     """under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm; GPUs only)"""
     eval_every: int = 50
@@ -217,9 +217,10 @@ def main(args: Args):
                     t = torch.stack([teacher[1](r_v) for r_v in r_t])  # teacher logits, global views (2, n, K)
             loss = dino_loss(s.float(), t.float(), model.center, args.student_temp, teacher_temp)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            run.scaler.scale(loss).backward()  # fp16: times the loss scale (else 1)
             common.average_gradients(model)  # several processes: the global batch's gradient on every one
-            optimizer.step()
+            run.scaler.step(optimizer)  # fp16: on the unscaled gradient, skipped if not finite
+            run.scaler.update()
             update_center(model.center, common.gather(t.float().transpose(0, 1)).transpose(0, 1), args.center_momentum)
             ema_update(student, teacher, tau)  # why after the step: the teacher follows the updated student
             probe_loss, probe_acc = probe.update(r_t[0], y)  # the teacher's R of view 1: the network evaluated

@@ -45,8 +45,8 @@ solo-learn's ResNet recipe):
    global norm; --clip-grad 0: none); then the last layer's gradient is cancelled during the first epoch, so it is not
    updated (no step, no weight decay): --freeze-last-layer-epochs.
 10. 200 epochs (Gani et al.'s CIFAR DINO-ViT; the paper runs 100-800 on ImageNet), batch 256 (paper 1024). Precision
-   auto = bf16 autocast on CUDA (paper fp16 with loss scaling; solo-learn runs its ViTs in fp32: --precision fp32); the
-   prototypes' cosines, the loss and the center are computed in fp32.
+   auto: bf16 autocast, or fp16 with loss scaling on GPUs without native bf16 (paper fp16 with loss scaling; solo-learn
+   runs its ViTs in fp32: --precision fp32); the prototypes' cosines, the loss and the center are computed in fp32.
 11. Several processes: the loss is per image (teacher and student views of the same image), so it needs no gather;
    gradients are averaged before the clipping, so the clip sees the global batch's gradient. The center is the mean of
    the teacher logits over the global batch (gathered; the paper all-reduces it). --sync-bn off by default: neither the
@@ -106,11 +106,11 @@ class Args:
     device: str = "auto"
     """auto (cuda if available), cpu, cuda, cuda:1...; under torchrun each process takes its local GPU"""
     precision: common.Precision = "auto"
-    """autocast dtype; auto = bf16 on CUDA, fp32 on CPU"""
+    """autocast dtype; auto = bf16 on GPUs with native bf16 (sm 8.0+), fp16 + loss scaling on older GPUs, fp32 on CPU"""
     deterministic: bool = False
     """deterministic kernels (slower on GPU)"""
     compile: bool = False
-    """torch.compile the backbone"""
+    """torch.compile every network the method calls (ViT token path included); minutes to start on a CPU"""
     sync_bn: bool = False
     """under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm; GPUs only)"""
     eval_every: int = 50
@@ -266,12 +266,14 @@ def main(args: Args):
                     t = teacher[1](r_t).view(2, n, -1)  # teacher logits, global views only (2, n, K)
             loss = dino_loss(s.float(), t.float(), model.center, args.student_temp, teacher_temp)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            run.scaler.scale(loss).backward()  # fp16: times the loss scale (else 1)
             common.average_gradients(model)  # several processes: the global batch's gradient on every one
+            run.scaler.unscale_(optimizer)  # fp16: clip the true gradient
             clip_gradients(student, args.clip_grad)  # each parameter's gradient norm <= 3 (after the average)
             if epoch < args.freeze_last_layer_epochs:
                 head.last_layer.weight.grad = None  # cancelled: AdamW skips it (no step, no weight decay)
-            optimizer.step()
+            run.scaler.step(optimizer)  # fp16: on the unscaled gradient, skipped if not finite
+            run.scaler.update()
             update_center(model.center, common.gather(t.float().transpose(0, 1)).transpose(0, 1), args.center_momentum)
             ema_update(student, teacher, tau)  # why after the step: the teacher follows the updated student
             probe_loss, probe_acc = probe.update(r_t[:n], y)  # the teacher's R of global view 1: the network evaluated

@@ -25,7 +25,7 @@ Implementation details (defaults = official main_ibot.py ViT-S command at 32 px,
    (gathered; patch center: of per-image means). Per-image losses: several processes need no gather.
 6. AdamW, lr 5e-4 x batch/256, 10 warmup epochs, cosine to 0 (official 1e-6); weight decay 0.04 -> 0.4 cosine per step
    on weights, class and mask tokens, position embedding (official; biases, norms: 0); each parameter's gradient norm
-   clipped to 3.0 (official); last layer frozen in epoch 1. 200 epochs (paper 800), batch 256 (1024), CUDA bf16 (fp16).
+   clipped to 3.0 (official); last layer frozen in epoch 1. 200 epochs (paper 800), batch 256 (1024), bf16/fp16 (paper fp16).
 7. Eval: main = the teacher (the official scripts evaluate it; backbone.pt), the student beside it (*_student); online
    probe on the teacher's CLS of global view 1 (unmasked). R = CLS, Z = 256-d bottleneck.
 8. Other differences from the official code: dino_vit.py item 13 (ViT init, local position embeddings, fine-tuning).
@@ -71,11 +71,11 @@ class Args:
     device: str = "auto"
     """auto (cuda if available), cpu, cuda, cuda:1...; under torchrun each process takes its local GPU"""
     precision: common.Precision = "auto"
-    """autocast dtype; auto = bf16 on CUDA, fp32 on CPU"""
+    """autocast dtype; auto = bf16 on GPUs with native bf16 (sm 8.0+), fp16 + loss scaling on older GPUs, fp32 on CPU"""
     deterministic: bool = False
     """deterministic kernels (slower on GPU)"""
     compile: bool = False
-    """torch.compile the backbone"""
+    """torch.compile every network the method calls (ViT token path included); minutes to start on a CPU"""
     sync_bn: bool = False
     """under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm; GPUs only)"""
     eval_every: int = 50
@@ -225,8 +225,7 @@ def clip_gradients(module: nn.Module, clip: float):
 
 def main(args: Args):
     if not args.backbone.startswith("vit") or not 0 < len(args.pred_ratio) == len(args.pred_ratio_var):
-        raise common.UserError("iBOT masks patch tokens: it needs a ViT (--backbone vit_tiny or vit_small) and one "
-                               "--pred-ratio-var per --pred-ratio.")
+        raise common.UserError("iBOT needs a ViT (--backbone vit_tiny or vit_small), one --pred-ratio-var per ratio.")
     run = common.Run(args, "ibot")
     size, p = run.data.image_size, args.patch_size or common.default_patch(run.data.image_size)  # p: the ViT's patch
     grid, gs, ls = size // p, args.global_crops_scale, args.local_crops_scale  # grid x grid patches
@@ -277,12 +276,14 @@ def main(args: Args):
             loss_patch = ibot_patch_loss(s[:, 1:], t_patch, mask, model.center_patch, args.student_temp, patch_temp)
             loss = loss_cls + loss_patch  # lambda1 = lambda2 = 1 (paper)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            run.scaler.scale(loss).backward()  # fp16: times the loss scale (else 1)
             common.average_gradients(model)  # several processes: the global batch's gradient on every one
+            run.scaler.unscale_(optimizer)  # fp16: clip the true gradient
             clip_gradients(model, args.clip_grad)  # each parameter's gradient norm <= 3 (after the average)
             if epoch < args.freeze_last_layer_epochs:
                 head.last_layer.weight.grad = None  # cancelled: AdamW skips it (no step, no weight decay)
-            optimizer.step()
+            run.scaler.step(optimizer)  # fp16: on the unscaled gradient, skipped if not finite
+            run.scaler.update()
             update_center(model.center, common.gather(t_cls.transpose(0, 1)).transpose(0, 1), args.center_momentum)
             t_img = t_patch.mean(1).view(2, n, -1).transpose(0, 1)  # per-image patch means (n, 2, K), L each
             update_center(model.center_patch, common.gather(t_img).transpose(0, 1), args.center_momentum)

@@ -36,8 +36,9 @@ Implementation details (defaults = the paper and its official code, facebookrese
 7. AdamW betas (0.9, 0.95), lr 1.5e-4 x batch/256, wd 0.05 (biases and norms excluded; CLS and mask tokens decayed, as
    the official timm add_weight_decay), 40 warmup epochs then cosine, 800 epochs (paper, batch 4096; here batch 256;
    solo-learn CIFAR: lr 2e-4, 1000 epochs; a short CPU run learns little at that lr: README "Our numbers" uses 1.5e-3
-   for 20 epochs). The warmup starts at 7.5e-5 x lr, not 0 (common.warmup_cosine). bf16
-   autocast on CUDA (paper fp16 AMP). No gradient clipping (paper none either).
+   for 20 epochs). The warmup starts at 7.5e-5 x lr, not 0 (common.warmup_cosine). --precision
+   auto: bf16 autocast on GPUs with native bf16, else fp16 with loss scaling (paper fp16 AMP). No gradient clipping
+   (paper none either).
 8. Several processes: the loss is per image with the same masked count in every image, so the mean of the processes'
    means is the global batch's mean: no gather; common.average_gradients makes it the one-process gradient.
 9. Evaluation: R = encoder CLS on the full un-masked image (backbone(x)); Z = decoder.embed(R), the decoder's input
@@ -95,11 +96,11 @@ class Args:
     device: str = "auto"
     """auto (cuda if available), cpu, cuda, cuda:1...; under torchrun each process takes its local GPU"""
     precision: common.Precision = "auto"
-    """autocast dtype; auto = bf16 on CUDA, fp32 on CPU"""
+    """autocast dtype; auto = bf16 on GPUs with native bf16 (sm 8.0+), fp16 + loss scaling on older GPUs, fp32 on CPU"""
     deterministic: bool = False
     """deterministic kernels (slower on GPU)"""
     compile: bool = False
-    """torch.compile the backbone"""
+    """torch.compile every network the method calls (ViT token path included); minutes to start on a CPU"""
     sync_bn: bool = False
     """under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm; GPUs only)"""
     eval_every: int = 50
@@ -267,9 +268,10 @@ def main(args: Args):
                     r = tokens[:, 0] if args.probe_visible else backbone(img)  # R (n, D) for the online probe
             loss = mae_loss(pred.float(), target, mask)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            run.scaler.scale(loss).backward()  # fp16: times the loss scale (else 1)
             common.average_gradients(model)  # several processes: the global batch's gradient on every one
-            optimizer.step()
+            run.scaler.step(optimizer)  # fp16: on the unscaled gradient, skipped if not finite
+            run.scaler.update()
             probe_loss, probe_acc = probe.update(r, y)
             run.log({"losses/reconstruction": loss, "losses/total": loss, "losses/online_linear": probe_loss,
                      "charts/online_linear_train_top1": probe_acc, "charts/learning_rate": lr})

@@ -69,11 +69,11 @@ class Args:
     device: str = "auto"
     """auto (cuda if available), cpu, cuda, cuda:1...; under torchrun each process takes its local GPU"""
     precision: common.Precision = "auto"
-    """autocast dtype; auto = bf16 on CUDA, fp32 on CPU"""
+    """autocast dtype; auto = bf16 on GPUs with native bf16 (sm 8.0+), fp16 + loss scaling on older GPUs, fp32 on CPU"""
     deterministic: bool = False
     """deterministic kernels (slower on GPU)"""
     compile: bool = False
-    """torch.compile the backbone"""
+    """torch.compile every network the method calls (ViT token path included); minutes to start on a CPU"""
     sync_bn: bool = True
     """under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm; GPUs only)"""
     eval_every: int = 50
@@ -170,9 +170,10 @@ def main(args: Args):
             _, nn2 = nearest_neighbour(z2, support.z)
             loss = (nnclr_loss(nn1, p2, args.temperature) + nnclr_loss(nn2, p1, args.temperature)) / 2
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            run.scaler.scale(loss).backward()  # fp16: times the loss scale (else 1)
             common.average_gradients(model)  # several processes: the global batch's gradient on every one
-            optimizer.step()
+            run.scaler.step(optimizer)  # fp16: on the unscaled gradient, skipped if not finite
+            run.scaler.update()
             labeled = y_all >= 0
             nn_acc = 100 * ((support.y[idx1] == y_all) & labeled).sum() / labeled.sum().clamp(min=1)
             support.push(z1.detach(), y_all)  # why after the loss: the batch must not find itself as neighbour

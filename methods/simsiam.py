@@ -71,11 +71,11 @@ class Args:
     device: str = "auto"
     """auto (cuda if available), cpu, cuda, cuda:1...; under torchrun each process takes its local GPU"""
     precision: common.Precision = "auto"
-    """autocast dtype; auto = bf16 on CUDA, fp32 on CPU"""
+    """autocast dtype; auto = bf16 on GPUs with native bf16 (sm 8.0+), fp16 + loss scaling on older GPUs, fp32 on CPU"""
     deterministic: bool = False
     """deterministic kernels (slower on GPU)"""
     compile: bool = False
-    """torch.compile the backbone"""
+    """torch.compile every network the method calls (ViT token path included); minutes to start on a CPU"""
     sync_bn: bool = True
     """under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm; GPUs only)"""
     eval_every: int = 50
@@ -142,9 +142,10 @@ def main(args: Args):
                 p1, p2 = predictor(z1), predictor(z2)  # (n, proj_output_dim)
             loss = negative_cosine(p1.float(), z2.float()) / 2 + negative_cosine(p2.float(), z1.float()) / 2
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            run.scaler.scale(loss).backward()  # fp16: times the loss scale (else 1)
             common.average_gradients(model)  # several processes: the global batch's gradient on every one
-            optimizer.step()
+            run.scaler.step(optimizer)  # fp16: on the unscaled gradient, skipped if not finite
+            run.scaler.update()
             z_std = F.normalize(z1.detach().float(), dim=1).std(dim=0).mean()  # collapse monitor (paper, Fig. 2)
             probe_loss, probe_acc = probe.update(r1, y)
             run.log({"losses/negative_cosine": loss, "losses/total": loss, "losses/online_linear": probe_loss,

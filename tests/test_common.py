@@ -35,6 +35,40 @@ def test_lars_step_matches_hand_computation():
     assert torch.allclose(w.detach(), w0 - 0.5 * (0.9 * step_w / 0.5 + g2), atol=1e-6)
 
 
+def lars_reference(groups, state, lr, momentum=0.9, eta=0.02, eps=1e-8, clip=True):
+    """solo-learn's LARS, one parameter at a time with Python branches (the naive second implementation)."""
+    for grp in groups:
+        for p in (p for p in grp["params"] if p.grad is not None):
+            d, wd, p_norm, g_norm = p.grad.clone(), grp["weight_decay"], float(p.detach().norm()), float(p.grad.norm())
+            if not grp["lars_exclude"] and p_norm != 0 and g_norm != 0:
+                ratio = eta * p_norm / (g_norm + p_norm * wd + eps)
+                d = (d + wd * p) * (min(ratio / lr, 1.0) if clip else ratio)
+            state[p] = d if p not in state else momentum * state[p] + d
+            p.data -= lr * state[p]
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_lars_foreach_equals_per_parameter_reference(clip):
+    """Random weights and gradients over 5 steps, with a zero weight, a zero gradient, a parameter without gradient
+    and one that gets its first gradient late (buffer = its first gradient): the foreach LARS = the reference."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(8, 5), (16, 3, 3, 3), (7, 4), (3, 6), (5,), (5,), (4, 4)]
+    ours = [nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
+    ours[2].data.zero_()  # ||w|| = 0: no ratio, no decay
+    ref = [nn.Parameter(p.detach().clone()) for p in ours]
+    split = lambda ps: [dict(params=ps[:4] + ps[6:], weight_decay=0.1, lars_exclude=False),  # noqa: E731
+                        dict(params=ps[4:6], weight_decay=0.0, lars_exclude=True)]
+    opt, state = common.LARS(split(ours), lr=0.3, clip=clip), {}
+    for step in range(5):
+        for i, (a, b) in enumerate(zip(ours, ref)):
+            grad = torch.randn(a.shape, generator=g) * (0.0 if i == 3 else 10.0 ** (i % 3 - 1))  # ||g|| = 0: as is
+            a.grad, b.grad = (None, None) if i == 6 and step < 2 else (grad.clone(), grad.clone())
+        opt.step()
+        lars_reference(split(ref), state, lr=0.3, clip=clip)
+        for a, b in zip(ours, ref):
+            assert torch.allclose(a, b, rtol=1e-6, atol=1e-6), (step, (a - b).abs().max())
+
+
 def test_param_groups_exclude_bias_and_norm():
     m = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
     decay, no_decay = common.param_groups(m, 1e-4)
