@@ -1,7 +1,9 @@
 """cleanssl's batched augmentation, imported by common.py (method files use it as common.ViewSpec, common.Augment,
 common.multicrop). On the training device, per-sample random parameters from a torch.Generator; each op matches
 torchvision's function on one image (tests/test_augment.py). Parameters are drawn for the global batch and each rank
-keeps its rows (shard = (rank, world size)), so several processes see exactly the views that one process would."""
+keeps its rows (shard = (rank, world size)), so several processes see exactly the views that one process would.
+Nothing asks the device for a value: a random op is computed on every sample and kept per sample (weights 0 or 1,
+never the selected samples' indices), so the host queues a view's kernels without waiting (tests/test_sync.py)."""
 import functools
 import math
 from dataclasses import dataclass, replace

@@ -245,11 +245,12 @@ class Data:
         crops, labels, dataset indices). The permutation depends on (seed, epoch) only; global batch i is split into
         consecutive equal shares by rank, so the ranks' shares together are one process's batch i."""
         perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        perm = perm if self.large else perm.to(self.device)  # once an epoch: a host-to-device copy makes the host wait
         b, r = batch_size // world_size(), rank()
         shares = [perm[i * batch_size + r * b:][:b] for i in range(start, len(self) // batch_size)]
         if not self.large:
             x, y = self.splits["ssl"]
-            yield from ((x[idx], y[idx], idx) for idx in (i.to(self.device) for i in shares))
+            yield from ((x[idx], y[idx], idx) for idx in shares)
             return
         files = self.files["ssl"]
         for crops, y, idx, ok in _loader(_Decoded(files, 0, "train", views, seed * 100_003 + epoch), shares):
@@ -685,7 +686,7 @@ class Run:
             if a.mi_every and self.step_count % a.mi_every == 0:
                 self.flush()
                 self.log_representation()
-            if self.world == 1 or self.step_count % 10 == 0:
+            if self.world == 1 or self.step_count % 50 == 0:  # several processes: a collective, read on the host
                 due = self.main and a.save_every_minutes and time.time() - self._saved > 60 * a.save_every_minutes
                 stop, save = any_rank(self._signal is not None), any_rank(bool(due))
                 if stop or save:

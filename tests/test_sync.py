@@ -40,7 +40,8 @@ from conftest import TINY
 VIT = ["--backbone", "vit_tiny", "--patch-size", 8]
 FLAGS = {moco_v2: ["--queue-size", 64], nnclr: ["--queue-size", 64], dino: ["--num-prototypes", 64],
          swav: ["--queue-size", 64, "--num-prototypes", 30, "--queue-start-epoch", 0],  # the queue in use from step 3
-         deepcluster_v2: ["--num-prototypes", 30, 30], dino_vit: [*VIT, "--num-prototypes", 256, "--proj-hidden-dim", 64],
+         deepcluster_v2: ["--num-prototypes", 30, 30],
+         dino_vit: [*VIT, "--num-prototypes", 256, "--proj-hidden-dim", 64],
          ibot: [*VIT, "--out-dim", 256], mae: VIT, adadim: ["--alpha-every", 1]}
 SIZE_OPS = {"nonzero", "masked_select", "unique", "_unique", "_unique2", "unique_dim", "unique_consecutive",
             "unique_dim_consecutive", "bincount", "equal", "is_nonzero", "item", "allclose"}
@@ -82,15 +83,19 @@ class Enough(Exception):
     pass
 
 
-def count_syncs(train, monkeypatch, module, first: int, images: int, *flags):
-    """Run `module` on the tiny setup; count the syncs of steps first .. first + STEPS - 1, then stop the run."""
+def count_syncs(train, monkeypatch, module, cuda: bool = False):
+    """Run `module` on the tiny setup; count the syncs of STEPS steady-state steps, then stop the run. DeepCluster v2
+    trains from epoch 1 on (epoch 0 only fills its memory): 3 steps per epoch, steps 5-7. cuda: on the GPU, under
+    torch.cuda.set_sync_debug_mode("error") during the same steps (every sync raises there)."""
     counter, batches = SyncCounter(), common.Run.batches
+    first, images = (5, 96) if module is deepcluster_v2 else (3, 256)
 
     def counted(run, epoch):
         it = batches(run, epoch)
         while True:
             b = next(it, None)  # Run.batches' code between the previous step and this one runs here
             counter.window = None
+            torch.cuda.set_sync_debug_mode(0) if cuda else None
             if run.step_count >= first + STEPS or b is None:
                 if b is not None:
                     run.writer.close()
@@ -98,19 +103,30 @@ def count_syncs(train, monkeypatch, module, first: int, images: int, *flags):
                 return
             if run.step_count >= first:
                 counter.open(run)
+                torch.cuda.set_sync_debug_mode("error") if cuda else None
             yield b
 
     monkeypatch.setattr(common.Run, "batches", counted)
-    with counter, pytest.raises(Enough):
-        train(module, *TINY, *FLAGS.get(module, []), *flags, images=images)
+    try:
+        with counter, pytest.raises(Enough):
+            train(module, *TINY, *FLAGS.get(module, []), *(["--device", "cuda"] if cuda else []), images=images)
+    finally:
+        torch.cuda.set_sync_debug_mode(0) if cuda else None
     return counter
 
 
-@pytest.mark.parametrize("module", [simclr, moco_v2, moco_v3, nnclr, byol, simsiam, barlow_twins, vicreg, swav,
-                                    deepcluster_v2, dino, dino_vit, ibot, mae, sdmi, jmi, adadim],
-                         ids=lambda m: m.__name__)
+METHODS = [simclr, moco_v2, moco_v3, nnclr, byol, simsiam, barlow_twins, vicreg, swav, deepcluster_v2, dino, dino_vit,
+           ibot, mae, sdmi, jmi, adadim]
+
+
+@pytest.mark.parametrize("module", METHODS, ids=lambda m: m.__name__)
 def test_no_host_device_sync_in_a_training_step(train, monkeypatch, one_thread, module):
-    # DeepCluster v2 trains from epoch 1 on (epoch 0 only fills its memory): 3 steps per epoch, steps 5-7 counted
-    first, images = (5, 96) if module is deepcluster_v2 else (3, 256)
-    counter = count_syncs(train, monkeypatch, module, first, images)
-    assert not counter.found, "\n".join(f"step {s}: {len(v)} syncs, the first: {v[0]}" for s, v in counter.found.items())
+    counter = count_syncs(train, monkeypatch, module)
+    assert not counter.found, "\n".join(f"step {s}: {len(v)} syncs, the first {v[0]}" for s, v in counter.found.items())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("module", METHODS, ids=lambda m: m.__name__)
+def test_no_sync_on_cuda(train, monkeypatch, module):
+    """Also what the CPU cannot see: copies between host and device, .cpu(), .tolist() (raise under the debug mode)."""
+    count_syncs(train, monkeypatch, module, cuda=True)
