@@ -41,8 +41,9 @@ VIT = ["--backbone", "vit_tiny", "--patch-size", 8]
 FLAGS = {moco_v2: ["--queue-size", 64], nnclr: ["--queue-size", 64], dino: ["--num-prototypes", 64],
          swav: ["--queue-size", 64, "--num-prototypes", 30, "--queue-start-epoch", 0],  # the queue in use from step 3
          deepcluster_v2: ["--num-prototypes", 30, 30],
-         dino_vit: [*VIT, "--num-prototypes", 256, "--proj-hidden-dim", 64],
-         ibot: [*VIT, "--out-dim", 256], mae: VIT, adadim: ["--alpha-every", 1]}
+         dino_vit: [*VIT, "--num-prototypes", 256, "--proj-hidden-dim", 64, "--num-local-crops", 2],
+         ibot: [*VIT, "--out-dim", 256, "--proj-hidden-dim", 64, "--num-local-crops", 2],
+         mae: [*VIT, "--decoder-dim", 32, "--decoder-depth", 1, "--decoder-heads", 4], adadim: ["--alpha-every", 1]}
 SIZE_OPS = {"nonzero", "masked_select", "unique", "_unique", "_unique2", "unique_dim", "unique_consecutive",
             "unique_dim_consecutive", "bincount", "equal", "is_nonzero", "item", "allclose"}
 STEPS = 3  # steady-state steps counted per method (after 2 uncounted ones)
@@ -85,10 +86,10 @@ class Enough(Exception):
 
 def count_syncs(train, monkeypatch, module, cuda: bool = False):
     """Run `module` on the tiny setup; count the syncs of STEPS steady-state steps, then stop the run. DeepCluster v2
-    trains from epoch 1 on (epoch 0 only fills its memory): 3 steps per epoch, steps 5-7. cuda: on the GPU, under
+    trains from epoch 1 on (epoch 0 only fills its memory): 3 steps per epoch, steps 4-6. cuda: on the GPU, under
     torch.cuda.set_sync_debug_mode("error") during the same steps (every sync raises there)."""
     counter, batches = SyncCounter(), common.Run.batches
-    first, images = (5, 96) if module is deepcluster_v2 else (3, 256)
+    first, images, flags = (4, 96, ["--epochs", 3]) if module is deepcluster_v2 else (3, 192, [])
 
     def counted(run, epoch):
         it = batches(run, epoch)
@@ -109,7 +110,7 @@ def count_syncs(train, monkeypatch, module, cuda: bool = False):
     monkeypatch.setattr(common.Run, "batches", counted)
     try:
         with counter, pytest.raises(Enough):
-            train(module, *TINY, *FLAGS.get(module, []), *(["--device", "cuda"] if cuda else []), images=images)
+            train(module, *TINY, *FLAGS.get(module, []), *flags, *(["--device", "cuda"] if cuda else []), images=images)
     finally:
         torch.cuda.set_sync_debug_mode(0) if cuda else None
     return counter
