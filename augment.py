@@ -100,15 +100,17 @@ def rgb_to_grayscale(x: Tensor) -> Tensor:
 
 def jitter_op(j: int, x: Tensor, f: Tensor) -> Tensor:
     """ColorJitter's op j with per-sample factors f (B,): 0 brightness, 1 contrast, 2 saturation, 3 hue (adjust_hue)."""
-    return adjust_hue(x, f) if j == 3 else _blend(x, torch.full_like(f, j, dtype=torch.long), f)
+    return adjust_hue(x, f) if j == 3 else _blend(x, f, (1 - f) * (j == 2), (1 - f) * (j == 1))
 
 
-def _blend(x: Tensor, j: Tensor, f: Tensor) -> Tensor:
-    """Op j (B,) of brightness, contrast, saturation in one pass: clamp(x f + other (1 - f), 0, 1), other = black,
-    the mean of the image's grayscale version, or the grayscale image. f = 1 returns x exactly (x in [0, 1])."""
-    f, j, gray = f.view(-1, 1, 1, 1), j.view(-1, 1, 1, 1), _gray(x)
-    mean = (1 - f) * (j == 1) * gray.mean((1, 2, 3), keepdim=True)  # contrast's other term; 0 for the others
-    return torch.addcmul(gray.mul_((1 - f) * (j == 2)).add_(mean), x, f).clamp_(0, 1)
+def _blend(x: Tensor, f: Tensor, w_gray: Tensor, w_mean: Tensor) -> Tensor:
+    """clamp(x f + w_gray gray + w_mean mean(gray), 0, 1), gray = each image's grayscale version, weights (B,) per
+    sample: brightness (blend with black) is w = (0, 0), contrast (with the mean gray) (0, 1 - f), saturation (with
+    the gray image) (1 - f, 0), so one pass applies each sample's own op; f = 1, w = 0 returns x exactly (x in
+    [0, 1])."""
+    gray, (f, w_gray, w_mean) = _gray(x), (t.view(-1, 1, 1, 1) for t in (f, w_gray, w_mean))
+    other = gray.mean((1, 2, 3), keepdim=True).mul_(w_mean)  # before gray is scaled in place
+    return torch.addcmul(gray.mul_(w_gray).add_(other), x, f).clamp_(0, 1)
 
 
 _HUE_RAMP = ((3.0, 2.0, 4.0), (1.0, 2.0, 2.0), (1.0, -1.0, -1.0))  # centre, offset, sign of R, G, B
@@ -164,18 +166,18 @@ def color_jitter(x: Tensor, b: float, c: float, s: float, h: float, p: float, g:
                        _rand(B, g, max(0.0, 1 - s), 1 + s, shard), _rand(B, g, -h, h, shard)], 1)
     is_hue = (order == 3).to(torch.uint8)
     blends = order.gather(1, is_hue.sort(dim=1, stable=True).indices[:, :3])  # (B, 3) the blend ops in drawn order
-    n_pre = is_hue.argmax(1) if h else torch.full_like(applied, 3, dtype=torch.long)  # blend ops before hue
-
-    def blend_pass(t: Tensor) -> Tensor:  # each sample's blend op t (B,) if 0 <= t < 3, else f = 1
-        j = blends.gather(1, t.clamp(0, 2)[:, None])
-        return _blend(x, j, torch.where(applied & (t >= 0) & (t < 3), fac.gather(1, j).squeeze(1), 1.0))
-
-    for k in range(3) if any((b, c, s)) else ():
-        x = blend_pass(n_pre - 3 + k)
+    n_pre = is_hue.argmax(1, keepdim=True) if h else torch.full_like(blends[:, :1], 3)  # (B, 1) blend ops before hue
+    t = n_pre + torch.arange(-3, 3 if h else 0, device=x.device)  # (B, passes): pass k applies blend op t if 0 <= t < 3
+    j = blends.gather(1, t.clamp(0, 2))
+    f = torch.where(applied[:, None] & (t >= 0) & (t < 3), fac.gather(1, j), 1.0)  # f = 1: nothing in that pass
+    w_gray, w_mean = ((1 - f) * (j == op) for op in (2, 1))  # saturation's and contrast's weights (see _blend)
+    blend = lambda z, k: _blend(z, f[:, k], w_gray[:, k], w_mean[:, k]) if any((b, c, s)) else z  # noqa: E731
+    for k in range(3):
+        x = blend(x, k)
     if h:
         x = _apply(x, applied, adjust_hue, fac[:, 3])
-        for k in range(3) if any((b, c, s)) else ():
-            x = blend_pass(n_pre + k)
+        for k in range(3, 6):
+            x = blend(x, k)
     return (x, (applied, order, fac)) if return_params else x
 
 
