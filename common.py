@@ -258,7 +258,8 @@ class Data:
                 self.unreadable += int((~ok).sum())
                 print(f"warning: unreadable image {files[int(idx[~ok][0])][0]} replaced by another "
                       f"({self.unreadable} so far)", file=sys.stderr, flush=True)
-            yield [c.to(self.device, non_blocking=True) for c in crops], y.to(self.device), idx.to(self.device)
+            y, idx = y.to(self.device, non_blocking=True), idx.to(self.device, non_blocking=True)  # pinned: no wait
+            yield [c.to(self.device, non_blocking=True) for c in crops], y, idx
 
     def eval_batches(self, split: Literal["train", "test"], batch_size: int = 512):  # un-augmented, in order
         if not self.large:
