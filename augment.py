@@ -1,7 +1,10 @@
 """cleanssl's batched augmentation, imported by common.py (method files use it as common.ViewSpec, common.Augment,
 common.multicrop). On the training device, per-sample random parameters from a torch.Generator; each op matches
 torchvision's function on one image (tests/test_augment.py). Parameters are drawn for the global batch and each rank
-keeps its rows (shard = (rank, world size)), so several processes see exactly the views that one process would."""
+keeps its rows (shard = (rank, world size)), so several processes see exactly the views that one process would.
+Nothing asks the device for a value: a random op is computed on every sample and kept per sample (weights 0 or 1,
+never the selected samples' indices), so the host queues a view's kernels without waiting (tests/test_sync.py)."""
+import functools
 import math
 from dataclasses import dataclass, replace
 from typing import List, Sequence, Tuple
@@ -41,11 +44,10 @@ def _rand(shape, g: torch.Generator, lo: float = 0.0, hi: float = 1.0, shard=(0,
 
 
 def _apply(x: Tensor, mask: Tensor, fn, *params: Tensor) -> Tensor:
-    """In place x[mask] = fn(x[mask], *params[mask]): only the selected samples are computed."""
-    idx = mask.nonzero().squeeze(1)
-    if idx.numel():
-        x.index_copy_(0, idx, fn(x.index_select(0, idx), *(q.index_select(0, idx) for q in params)))
-    return x
+    """fn(x, *params) where mask (B,), x elsewhere: computed on every sample and selected per sample, so the device
+    never reports how many samples an op picked (no host-device sync; the same cost for any mask). The selection is
+    torch.lerp with weight 0 or 1, which returns either input exactly (and is faster than torch.where on CPUs)."""
+    return torch.lerp(x, fn(x, *params), mask.to(x.dtype).view(-1, *[1] * (x.dim() - 1)))
 
 
 def rrc_params(B: int, H: int, W: int, scale, ratio, g: torch.Generator, attempts: int = 10, shard=(0, 1)):
@@ -97,15 +99,26 @@ def rgb_to_grayscale(x: Tensor) -> Tensor:
 
 
 def jitter_op(j: int, x: Tensor, f: Tensor) -> Tensor:
-    """ColorJitter's op j with per-sample factors f (B,): 0 brightness (blend with black), 1 contrast (blend with the
-    mean of each image's grayscale version), 2 saturation (blend with the grayscale image), 3 hue (adjust_hue)."""
-    if j == 3:
-        return adjust_hue(x, f)
-    other, f = 0.0 if j == 0 else _gray(x).mean((1, 2, 3), keepdim=True) if j == 1 else _gray(x), f.view(-1, 1, 1, 1)
-    return (x * f).add_(other * (1 - f)).clamp_(0, 1)
+    """ColorJitter's op j with per-sample factors f (B,): 0 brightness, 1 contrast, 2 saturation, 3 hue (adjust_hue)."""
+    return adjust_hue(x, f) if j == 3 else _blend(x, f, (1 - f) * (j == 2), (1 - f) * (j == 1))
+
+
+def _blend(x: Tensor, f: Tensor, w_gray: Tensor, w_mean: Tensor) -> Tensor:
+    """clamp(x f + w_gray gray + w_mean mean(gray), 0, 1), gray = each image's grayscale version, weights (B,) per
+    sample: brightness (blend with black) is w = (0, 0), contrast (with the mean gray) (0, 1 - f), saturation (with
+    the gray image) (1 - f, 0), so one pass applies each sample's own op; f = 1, w = 0 returns x exactly (x in
+    [0, 1])."""
+    gray, (f, w_gray, w_mean) = _gray(x), (t.view(-1, 1, 1, 1) for t in (f, w_gray, w_mean))
+    other = gray.mean((1, 2, 3), keepdim=True).mul_(w_mean)  # before gray is scaled in place
+    return torch.addcmul(gray.mul_(w_gray).add_(other), x, f).clamp_(0, 1)
 
 
 _HUE_RAMP = ((3.0, 2.0, 4.0), (1.0, 2.0, 2.0), (1.0, -1.0, -1.0))  # centre, offset, sign of R, G, B
+
+
+@functools.lru_cache
+def _hue_ramp(device) -> Tensor:  # built once per device: a tensor from Python numbers is a host-to-device copy
+    return torch.tensor(_HUE_RAMP, device=device).view(3, 1, 3, 1, 1)
 
 
 def adjust_hue(x: Tensor, hue: Tensor) -> Tensor:
@@ -121,38 +134,50 @@ def adjust_hue(x: Tensor, hue: Tensor) -> Tensor:
     wg = fg * (1 - wr)
     h6 = wr * (ng - nb) + wg * (nb - nr + 2) + (1 - wr - wg) * (nr - ng + 4) + 6 * hue.view(-1, 1, 1)
     h6 = h6.sub_(h6.div(6).floor_().mul_(6)).unsqueeze(1)  # mod 6
-    ctr, off, sgn = torch.tensor(_HUE_RAMP, device=x.device).view(3, 1, 3, 1, 1)
-    return (h6 - ctr).abs_().sub_(off).mul_(sgn).clamp_(0, 1).mul_(cr).add_(m)
+    ctr, off, sgn = _hue_ramp(x.device)
+    return torch.addcmul(m, (h6 - ctr).abs_().mul_(sgn).sub_(off * sgn).clamp_(0, 1), cr)
 
 
-def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
+def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int, mask: Tensor = None) -> Tensor:
     """Per-sample sigma, torchvision's normalized kernel exp(-x^2 / 2 sigma^2), reflect padding; separable, as a
-    grouped conv over B * C groups."""
+    grouped conv over B * C groups. mask (B,): only those samples are blurred (the others get the kernel [0 .. 1 .. 0],
+    which returns them exactly)."""
     B, C, H, W = x.shape
     k, p = kernel_size, kernel_size // 2
     ker = (torch.linspace(-p, p, k, device=x.device) / sigma[:, None]).pow_(2).mul_(-0.5).exp_()
-    ker = (ker / ker.sum(1, keepdim=True)).repeat_interleave(C, 0)  # (B*C, k)
+    ker = ker / ker.sum(1, keepdim=True)
+    ker = ker if mask is None else torch.where(mask[:, None], ker, (torch.arange(k, device=x.device) == p).float())
+    ker = ker[:, None].expand(B, C, k).reshape(B * C, k)
     y = F.conv2d(F.pad(x.reshape(1, B * C, H, W), (p, p, p, p), mode="reflect"), ker.view(B * C, 1, k, 1), groups=B * C)
     return F.conv2d(y, ker.view(B * C, 1, 1, k), groups=B * C).view(B, C, H, W)
 
 
 def color_jitter(x: Tensor, b: float, c: float, s: float, h: float, p: float, g: torch.Generator, shard=(0, 1),
                  return_params: bool = False):
-    """In place RandomApply([ColorJitter(b, c, s, h)], p) with per-sample factors and op order. Pass k applies op
-    order[:, k] (0 brightness, 1 contrast, 2 saturation, 3 hue) to the jittered samples that have it there; zero
-    strengths are skipped. return_params=True also returns (applied (B,) bool, order (B, 4), factors (B, 4))."""
+    """RandomApply([ColorJitter(b, c, s, h)], p) with per-sample factors and op order (0 brightness, 1 contrast,
+    2 saturation, 3 hue); returns a new tensor. Every sample goes through the same passes, without a host-device sync:
+    3 blend passes (`_blend`: each sample's blend ops before its hue, right-aligned; f = 1 where it has none), hue
+    (once, on all samples), 3 blend passes (its ops after hue, left-aligned); without hue only the first 3. Samples
+    not jittered get f = 1 and keep their hue. return_params=True also returns (applied (B,) bool, order (B, 4),
+    factors (B, 4))."""
     B = x.shape[0]
     applied, order = _rand(B, g, shard=shard) < p, _rand((B, 4), g, shard=shard).argsort(1)
     fac = torch.stack([_rand(B, g, max(0.0, 1 - b), 1 + b, shard), _rand(B, g, max(0.0, 1 - c), 1 + c, shard),
                        _rand(B, g, max(0.0, 1 - s), 1 + s, shard), _rand(B, g, -h, h, shard)], 1)
-    idx = applied.nonzero().squeeze(1)
-    if idx.numel() and any((b, c, s, h)):
-        xs, o, fs = (t.index_select(0, idx) for t in (x, order, fac))
-        for k in range(4):
-            for j, strength in enumerate((b, c, s, h)):
-                if strength:
-                    _apply(xs, o[:, k] == j, lambda z, q: jitter_op(j, z, q), fs[:, j])
-        x.index_copy_(0, idx, xs)
+    is_hue = (order == 3).to(torch.uint8)
+    blends = order.gather(1, is_hue.sort(dim=1, stable=True).indices[:, :3])  # (B, 3) the blend ops in drawn order
+    n_pre = is_hue.argmax(1, keepdim=True) if h else torch.full_like(blends[:, :1], 3)  # (B, 1) blend ops before hue
+    t = n_pre + torch.arange(-3, 3 if h else 0, device=x.device)  # (B, passes): pass k applies blend op t if 0 <= t < 3
+    j = blends.gather(1, t.clamp(0, 2))
+    f = torch.where(applied[:, None] & (t >= 0) & (t < 3), fac.gather(1, j), 1.0)  # f = 1: nothing in that pass
+    w_gray, w_mean = ((1 - f) * (j == op) for op in (2, 1))  # saturation's and contrast's weights (see _blend)
+    blend = lambda z, k: _blend(z, f[:, k], w_gray[:, k], w_mean[:, k]) if any((b, c, s)) else z  # noqa: E731
+    for k in range(3):
+        x = blend(x, k)
+    if h:
+        x = _apply(x, applied, adjust_hue, fac[:, 3])
+        for k in range(3, 6):
+            x = blend(x, k)
     return (x, (applied, order, fac)) if return_params else x
 
 
@@ -177,15 +202,17 @@ class Augment:
         y = resized_crop(x, *rrc_params(B, H, W, v.scale, v.ratio, g, shard=sh), v.size) if crop else x.float()
         y = y.mul_(1.0 / 255) if x.dtype == torch.uint8 else y
         if v.jitter_p > 0:
-            color_jitter(y, *v.jitter, v.jitter_p, g, sh)
+            y = color_jitter(y, *v.jitter, v.jitter_p, g, sh)
         if v.gray_p > 0:
-            _apply(y, _rand(B, g, shard=sh) < v.gray_p, rgb_to_grayscale)
+            y = _apply(y, _rand(B, g, shard=sh) < v.gray_p, _gray)
         if v.blur_p > 0:
             k, sigma = max(3, int(0.1 * v.size) // 2 * 2 + 1), _rand(B, g, *v.blur_sigma, sh)
-            _apply(y, _rand(B, g, shard=sh) < v.blur_p, lambda z, sg: gaussian_blur(z, sg, k), sigma)
+            y = gaussian_blur(y, sigma, k, mask=_rand(B, g, shard=sh) < v.blur_p)
         if v.solarize_p > 0:
-            _apply(y, _rand(B, g, shard=sh) < v.solarize_p, lambda z: torch.minimum(z, 1 - z))  # where(z >= .5, 1-z, z)
+            y = _apply(y, _rand(B, g, shard=sh) < v.solarize_p, lambda z: torch.minimum(z, 1 - z))  # z >= .5: 1 - z
         if v.flip_p > 0:
-            _apply(y, _rand(B, g, shard=sh) < v.flip_p, lambda z: z.flip(-1))
-        y = y.sub_(self.mean.to(y.device)).mul_(self.inv_std.to(y.device))
+            y = _apply(y, _rand(B, g, shard=sh) < v.flip_p, lambda z: z.flip(-1))
+        if self.mean.device != y.device:  # moved once: a copy from the host each step would make the host wait
+            self.mean, self.inv_std = self.mean.to(y.device), self.inv_std.to(y.device)
+        y = y.sub_(self.mean).mul_(self.inv_std)
         return y.contiguous(memory_format=torch.channels_last) if self.channels_last else y

@@ -258,10 +258,11 @@ class Data:
         per-view crops), labels, dataset indices. Shuffled by (seed, epoch) only; rank r takes the r-th equal share."""
         b, r, n = batch_size // world_size(), rank(), len(self.files[split] if self.large else self.splits[split][0])
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        perm = perm if self.large else perm.to(self.device)  # once an epoch: a host-to-device copy makes the host wait
         shares = [perm[i * batch_size + r * b:][:b] for i in range(start, n // batch_size)]
         if not self.large:
             x, y = self.splits[split]
-            yield from ((x[idx], y[idx], idx) for idx in (i.to(self.device) for i in shares))
+            yield from ((x[idx], y[idx], idx) for idx in shares)
             return
         files = self.files[split]
         for crops, y, idx, ok in _loader(_Decoded(files, 0, "train", views, seed * 100_003 + epoch), shares):
@@ -269,7 +270,8 @@ class Data:
                 self.unreadable += int((~ok).sum())
                 print(f"warning: unreadable image {files[int(idx[~ok][0])][0]} replaced by another "
                       f"({self.unreadable} so far)", file=sys.stderr, flush=True)
-            yield [c.to(self.device, non_blocking=True) for c in crops], y.to(self.device), idx.to(self.device)
+            y, idx = y.to(self.device, non_blocking=True), idx.to(self.device, non_blocking=True)  # pinned: no wait
+            yield [c.to(self.device, non_blocking=True) for c in crops], y, idx
 
     def eval_batches(self, split: Literal["train", "test"], batch_size: int = 512):  # un-augmented, in order
         if not self.large:
@@ -742,7 +744,7 @@ class Run:
             if a.mi_every and self.step_count % a.mi_every == 0:
                 self.flush()
                 self.log_representation()
-            if self.world == 1 or self.step_count % 10 == 0:
+            if self.world == 1 or self.step_count % 50 == 0:  # several processes: a collective, read on the host
                 due = self.main and a.save_every_minutes and time.time() - self._saved > 60 * a.save_every_minutes
                 stop, save = any_rank(self._signal is not None), any_rank(bool(due))
                 if stop or save:

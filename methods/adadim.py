@@ -143,7 +143,7 @@ def nce_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Te
     n = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2]), dim=1)  # (2N, D)
     sim = (z @ z.T / temperature).masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
-    return F.cross_entropy(sim, torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device))
+    return F.cross_entropy(sim, torch.arange(2 * n, device=z.device).roll(n))  # partner index: n..2N-1, 0..n-1
 
 
 def vicreg_terms(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:

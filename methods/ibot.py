@@ -159,12 +159,14 @@ def block_masks(n: int, gh: int, gw: int, pred_ratio, pred_ratio_var, g: torch.G
     """n masks (n, gh * gw) bool, targets (n,): fraction U[mean - var, mean + var], (mean, var) drawn per image; each
     round, every unfinished image adds its first valid rectangle of `tries` (h < gh, w < gw, 1..room new patches)."""
     dev = g.device
-    m, v = (torch.tensor(t, dtype=torch.float32, device=dev) for t in (pred_ratio, pred_ratio_var))
-    k, u = torch.randint(len(m), (n,), generator=g, device=dev), torch.rand(n, generator=g, device=dev)
-    target, mask = (m[k] + v[k] * (2 * u - 1)) * (gh * gw), torch.zeros(n, gh, gw, dtype=torch.bool, device=dev)
+    k, u = torch.randint(len(pred_ratio), (n,), generator=g, device=dev), torch.rand(n, generator=g, device=dev)
+    frac = sum((k == i) * (m + v * (2 * u - 1)) for i, (m, v) in enumerate(zip(pred_ratio, pred_ratio_var)))
+    target, mask = frac * (gh * gw), torch.zeros(n, gh, gw, dtype=torch.bool, device=dev)  # no host-to-device copy
     rows, cols, idx = (torch.arange(d, device=dev) for d in (gh, gw, n))
     low, a0, active = (min(gh, gw) // 3) ** 2, math.log(0.3), target > 0  # official min area, aspect in (0.3, 1/0.3)
-    for _ in range(gh * gw):  # every round adds >= 1 patch to each active image
+    # each round adds >= 1 patch to each active image: ceil(largest target) rounds finish all (a fixed number: the
+    # host never reads `is any still active?` from the device)
+    for _ in range(min(gh * gw, math.ceil(max(map(sum, zip(pred_ratio, pred_ratio_var))) * gh * gw) + 1)):
         room = target - mask.flatten(1).sum(1)  # (N,) the official max_mask_patches
         u = torch.rand(4, n, tries, generator=g, device=dev)
         area, r = low + u[0] * (room[:, None] - low), (a0 - 2 * a0 * u[1]).exp()  # (N, tries)
@@ -177,8 +179,6 @@ def block_masks(n: int, gh: int, gw: int, pred_ratio, pred_ratio_var, g: torch.G
         first, found = ok.to(torch.uint8).argmax(1), ok.any(1)  # the first valid try, as the official loop's break
         mask |= rect[idx, first] & found[:, None, None]
         active = found & (new[idx, first] < room)  # official: while mask_count < target
-        if not active.any():
-            break
     return mask.flatten(1), target
 
 
@@ -190,7 +190,7 @@ def dino_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, center: torc
     log_p_s = F.log_softmax(student_out / student_temp, dim=-1)  # (V, N, K)
     ce = -torch.einsum("ink,vnk->iv", p_t, log_p_s) / student_out.shape[1]  # (2, V): batch mean of -sum_k P_t log P_s
     pairs = ~torch.eye(*ce.shape, dtype=torch.bool, device=ce.device)  # v != i: a view does not predict itself
-    return ce[pairs].mean()
+    return ce.masked_fill(~pairs, 0).sum() / pairs.sum()  # their mean (not ce[pairs]: no host-device sync)
 
 
 def ibot_patch_loss(student_patch_logits: torch.Tensor, teacher_patch_logits: torch.Tensor, mask: torch.Tensor,

@@ -105,7 +105,7 @@ def info_nce_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> tor
     z = F.normalize(torch.cat([z1, z2]), dim=1)  # (2N, D)
     sim = z @ z.T / temperature  # (2N, 2N)
     sim = sim.masked_fill(torch.eye(2 * N, dtype=torch.bool, device=z.device), float("-inf"))  # drop self-pairs
-    targets = torch.cat([torch.arange(N, 2 * N), torch.arange(0, N)]).to(z.device)  # partner index
+    targets = torch.arange(2 * N, device=z.device).roll(N)  # partner index: N..2N-1, then 0..N-1
     return F.cross_entropy(sim, targets)
 
 

@@ -145,7 +145,7 @@ def swav_loss(p: torch.Tensor, q: torch.Tensor, temperature: float) -> torch.Ten
     log_p = F.log_softmax(p / temperature, dim=-1)  # (V, N, K)
     ce = -torch.einsum("ink,vnk->iv", q, log_p) / p.shape[1]  # (G, V): batch mean of -sum_k q log p
     pairs = ~torch.eye(*ce.shape, dtype=torch.bool, device=ce.device)  # v != i: a view does not predict itself
-    return ce[pairs].mean()
+    return ce.masked_fill(~pairs, 0).sum() / pairs.sum()  # their mean (not ce[pairs]: no host-device sync)
 
 
 @torch.no_grad()
