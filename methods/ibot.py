@@ -57,6 +57,10 @@ class Args:
     """dataset; `synthetic` needs no files, `imagefolder` reads DATA_DIR/train and DATA_DIR/val (or test)"""
     data_dir: str = "data"
     """where the dataset lives or is downloaded to (medmnist: the .npz file)"""
+    workers: int = 0
+    """DataLoader processes per process for large images (0: this node's cores / its processes, at least 1)"""
+    decode: common.Decoder = "cpu"
+    """large images: the DataLoader workers decode them (cpu), or only read the files and the device decodes (gpu)"""
     backbone: common.BackboneName = "vit_tiny"
     """backbone (ResNets get the CIFAR stem for images <= 64 px); `tiny` is a narrow ResNet for CPU runs"""
     patch_size: int = 0
@@ -159,7 +163,6 @@ class DINOHead(nn.Module):
             return F.linear(u.float(), F.normalize(self.last_layer.weight, dim=1))  # logits (..., K)
 
 
-@torch.no_grad()
 def block_masks(n: int, gh: int, gw: int, pred_ratio, pred_ratio_var, g: torch.Generator, tries: int = 10):
     """n masks (n, gh * gw) bool and targets (n,): per image a (mean, var) pair chosen uniformly, fraction U[mean - var,
     mean + var]; per round each unfinished image adds its first valid rectangle of `tries` (h < gh, w < gw, 1..room
@@ -231,13 +234,11 @@ def clip_gradients(module: nn.Module, clip: float):
 
 def main(args: Args):
     if not args.backbone.startswith("vit") or not 0 < len(args.pred_ratio) == len(args.pred_ratio_var):
-        raise common.UserError("iBOT masks patch tokens: it needs a ViT (--backbone vit_tiny or vit_small) and one "
-                               "--pred-ratio-var per --pred-ratio.")
+        raise common.UserError("iBOT needs --backbone vit_tiny or vit_small and one --pred-ratio-var per --pred-ratio.")
     run = common.Run(args, "ibot")
     size, gs, ls = run.data.image_size, args.global_crops_scale, args.local_crops_scale
     views = [common.ViewSpec(size, gs), common.ViewSpec(size, gs, solarize_p=0.2)]  # global views: masked, teacher
-    views += [common.ViewSpec(size // 2, ls)] * args.num_local_crops  # local views: student only, CLS loss only
-    aug = run.augment(views)
+    aug = run.augment(views + [common.ViewSpec(size // 2, ls)] * args.num_local_crops)  # + locals: student, CLS loss
     backbone, feat_dim = common.build_backbone(args.backbone, size, args.patch_size)
     grid = size // backbone.patch_size  # the global views' patch grid (grid x grid)
     head = DINOHead(feat_dim, args.proj_hidden_dim, args.proj_output_dim, args.out_dim)  # shared: CLS and patches
@@ -270,8 +271,7 @@ def main(args: Args):
                 tok = backbone.tokens(glob, mask=mask, mask_token=model.mask_token)  # student, masked (2n, 1 + L, D)
                 s = head(tok)  # student logits of CLS and every patch, global views (2n, 1 + L, K)
                 s_local = [head(backbone(torch.cat(views[2:])))] if views[2:] else []  # local CLS logits (Ln, K)
-                with torch.no_grad():
-                    t = teacher[1](teacher[0].tokens(glob))  # teacher, unmasked (2n, 1 + L, K)
+                t = teacher[1](teacher[0].tokens(glob))  # teacher, unmasked (2n, 1 + L, K), no gradient (frozen)
             s_cls = torch.cat([s[:, 0], *s_local]).view(len(views), n, -1)  # (V, n, K)
             t_cls, t_patch = t[:, 0].view(2, n, -1), t[:, 1:]  # (2, n, K), (2n, L, K)
             loss_cls = dino_loss(s_cls, t_cls, model.center, args.student_temp, teacher_temp)
