@@ -328,3 +328,27 @@ def test_cuda_matches_cpu_and_is_deterministic():
     o1 = aug(xb, torch.Generator(device="cuda").manual_seed(0))
     o2 = aug(xb, torch.Generator(device="cuda").manual_seed(0))
     assert all(a.is_cuda and torch.equal(a, b) for a, b in zip(o1, o2))
+
+
+def test_the_crop_of_a_padded_batch_never_makes_the_host_wait():
+    """Per-sample sizes, boxes and the antialiased crop of every view: no op that reads a device value on the host
+    (item, nonzero, boolean-mask indexing) and no shape that depends on the data, as CONVENTIONS.md asks of a step."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            bool_index = func.overloadpacket.__name__.startswith("index") and any(
+                getattr(a, "dtype", None) == torch.bool for a in (args[1] if len(args) > 1 and
+                                                                  isinstance(args[1], (list, tuple)) else []))
+            seen.append("bool_index" if bool_index else func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    _, (x, hw) = _padded([(75, 100), (100, 67), (60, 90)])
+    seen, img = [], x.float()
+    with Ops():
+        for size, scale in ((48, (0.4, 1.0)), (16, (0.05, 0.4))):
+            box = A.rrc_params(3, hw[:, 0], hw[:, 1], scale, (3 / 4, 4 / 3), torch.Generator().manual_seed(0))
+            out = A.area_resized_crop(img, *box, size)
+    assert out.shape == (3, 3, 16, 16) and len(seen) > 20
+    waits = {"_local_scalar_dense", "item", "nonzero", "masked_select", "is_nonzero", "bool_index", "unique"}
+    assert not waits & set(seen), sorted(waits & set(seen))
