@@ -112,7 +112,9 @@ def area_resized_crop(x: Tensor, top: Tensor, left: Tensor, h: Tensor, w: Tensor
     Hmax x Wmax multiply-adds per channel (TF32 on a GPU unless --deterministic: < 0.1 of a grey level)."""
     B, C, H, W = x.shape
     wy, wx = _aa_weights(top, h, size, H), _aa_weights(left, w, size, W)
-    return wy[:, None] @ x @ wx[:, None].transpose(2, 3)
+    rows = wy @ x.permute(0, 2, 3, 1).reshape(B, H, W * C)  # (B, size, W C); a view if x is channels-last (pad_images)
+    cols = wx @ rows.view(B, size, W, C).transpose(1, 2).reshape(B, W, size * C)  # (B, size_x, size_y C)
+    return cols.view(B, size, size, C).transpose(1, 2).contiguous().permute(0, 3, 1, 2)  # channels-last memory
 
 
 def read_image(path: str, max_side: int = 0) -> Tensor:
@@ -140,12 +142,17 @@ def shrink(x: Tensor, max_side: int) -> Tensor:
 
 def pad_images(images: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
     """uint8 images (3, H_i, W_i) -> one zero-padded uint8 batch (B, 3, max H, max W) and their sizes (B, 2), long:
-    Augment's input for images of different sizes."""
+    Augment's input for images of different sizes. Channels-last memory (B, H, W, 3), as decoders write pixels: whole
+    rows are copied; in a DataLoader worker, straight into shared memory (as its default collate does)."""
     hw = torch.tensor([x.shape[1:] for x in images], dtype=torch.long)
-    out = torch.zeros(len(images), 3, *hw.amax(0).tolist(), dtype=torch.uint8, device=images[0].device)
+    shape, dev = (len(images), *hw.amax(0).tolist(), 3), images[0].device
+    shared = dev.type == "cpu" and torch.utils.data.get_worker_info() is not None
+    out = (torch.empty(0, dtype=torch.uint8).new(torch.UntypedStorage._new_shared(math.prod(shape))).view(shape)
+           if shared else torch.empty(shape, dtype=torch.uint8, device=dev))
     for o, x in zip(out, images):
-        o[:, :x.shape[1], :x.shape[2]] = x
-    return out, hw.to(out.device, non_blocking=True)
+        h, w = x.shape[1:]
+        o[:h, :w], o[h:], o[:h, w:] = x.permute(1, 2, 0), 0, 0
+    return out.permute(0, 3, 1, 2), hw.to(dev, non_blocking=True)
 
 
 def decode_jpegs(blobs: Sequence[Tensor], device, max_side: int):
