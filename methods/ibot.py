@@ -234,7 +234,7 @@ def clip_gradients(module: nn.Module, clip: float):
 
 def main(args: Args):
     if not args.backbone.startswith("vit") or not 0 < len(args.pred_ratio) == len(args.pred_ratio_var):
-        raise common.UserError("iBOT needs --backbone vit_tiny or vit_small and one --pred-ratio-var per --pred-ratio.")
+        raise common.UserError("iBOT needs a ViT (--backbone vit_tiny or vit_small) and --pred-ratio-var per ratio.")
     run = common.Run(args, "ibot")
     size, gs, ls = run.data.image_size, args.global_crops_scale, args.local_crops_scale
     views = [common.ViewSpec(size, gs), common.ViewSpec(size, gs, solarize_p=0.2)]  # global views: masked, teacher

@@ -205,8 +205,10 @@ def test_imagefolder_large_images_are_only_decoded_by_the_workers(tmp_path, caps
         assert d.feed._iterator is not None  # kept for the next epoch
         workers = d.feed._iterator._workers
     assert sorted(seen) == sorted(list(range(12)) * 2) and d.unreadable == 2
+    full, resumed = list(d.ssl_batches(4, 1, 0)), list(d.ssl_batches(4, 1, 0, start=1))  # resume at batch 1
+    assert all(torch.equal(a[0][0], b[0][0]) and torch.equal(a[2], b[2]) for a, b in zip(full[1:], resumed))
     assert d.feed._iterator._workers is workers  # the same worker processes in epoch 2
-    assert capsys.readouterr().err.count("warning: unreadable image") == 2
+    assert capsys.readouterr().err.count("warning: unreadable image") == 4
     x, _ = next(d.eval_batches("test"))
     assert x.shape == (4, 3, 224, 224)
 
