@@ -109,7 +109,8 @@ def area_resized_crop(x: Tensor, top: Tensor, left: Tensor, h: Tensor, w: Tensor
     per-sample weight matrices Wy (size, Hmax), Wx (size, Wmax) that are zero outside the crop: one batched matmul
     pair, exact up to float rounding, blind to the padding, and the filter widens with the downscale factor, so a
     small view of a large image averages every pixel under it instead of sampling 4 (no aliasing). Cost ~ size x
-    Hmax x Wmax multiply-adds per channel (TF32 on a GPU unless --deterministic: < 0.1 of a grey level)."""
+    Hmax x Wmax multiply-adds per channel. On a GPU the matmuls may run in TF32 unless --deterministic (rounding of
+    order 255 x 2^-11 = 0.1 grey level; not measured)."""
     B, C, H, W = x.shape
     wy, wx = _aa_weights(top, h, size, H), _aa_weights(left, w, size, W)
     rows = wy @ x.permute(0, 2, 3, 1).reshape(B, H, W * C)  # (B, size, W C); a view if x is channels-last (pad_images)

@@ -680,7 +680,7 @@ class Run:
                 break
 
     def batches(self, epoch: int):
-        """This rank's training batches of one epoch, from where a resumed run stopped: (uint8 images, or per-view crops
+        """This rank's training batches of one epoch, from where a resumed run stopped: (uint8 images, or a padded batch
         for large images; labels, -1 = none); `run.batch_index` holds their dataset indices. Between steps: metrics,
         checkpoints by time, and SIGINT / SIGTERM (save, then stop)."""
         a, start, steady = self.args, self.start_batch if epoch == self.start_epoch else 0, None
