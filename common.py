@@ -207,8 +207,8 @@ class _Decoded(torch.utils.data.Dataset):
 
     def collate(self, batch):  # in the worker: one padded batch ("decode"); all bytes in one tensor + lengths ("bytes")
         x, y, idx, ok = zip(*batch)
-        x = (pad_images(x) if self.mode == "decode" else torch.stack(x) if self.mode != "bytes" else
-             (torch.cat([b.view(-1) for b in x]), torch.tensor([b.numel() for b in x])))
+        x = (pad_images(x) if self.mode == "decode" else torch.utils.data.default_collate(x) if self.mode != "bytes"
+             else (torch.cat([b.view(-1) for b in x]), torch.tensor([b.numel() for b in x])))
         return x, torch.tensor(y), torch.tensor(idx), torch.tensor(ok)
 
 def _loader(dataset, batch_sampler, workers: int, persistent: bool = False):  # each worker prefetches 2 batches
