@@ -50,18 +50,21 @@ def _apply(x: Tensor, mask: Tensor, fn, *params: Tensor) -> Tensor:
     return torch.lerp(x, fn(x, *params), mask.to(x.dtype).view(-1, *[1] * (x.dim() - 1)))
 
 
-def rrc_params(B: int, H: int, W: int, scale, ratio, g: torch.Generator, attempts: int = 10, shard=(0, 1)):
-    """RandomResizedCrop.get_params for B samples at once -> (top, left, h, w), long (B,) each. All tries are drawn at
-    once; a sample keeps its first valid try, else torchvision's fallback (central crop, ratio clamped)."""
-    area = _rand((B, attempts), g, scale[0], scale[1], shard) * (H * W)
+def rrc_params(B: int, H, W, scale, ratio, g: torch.Generator, attempts: int = 10, shard=(0, 1)):
+    """RandomResizedCrop.get_params for B samples at once -> (top, left, h, w), long (B,) each. H, W: the image size,
+    ints or long (B,) tensors (one size per sample). All tries are drawn at once; a sample keeps its first valid try,
+    else torchvision's fallback (central crop, ratio clamped, in float64 as Python's)."""
+    H, W = (s.reshape(-1) if torch.is_tensor(s) else torch.full((1,), s, device=g.device) for s in (H, W))  # (B,)/(1,)
+    area = _rand((B, attempts), g, scale[0], scale[1], shard) * (H * W)[:, None]
     r = _rand((B, attempts), g, math.log(ratio[0]), math.log(ratio[1]), shard).exp_()
     w, h = (area * r).sqrt_().round_(), (area / r).sqrt_().round_()  # half to even, as Python
-    ok = (w > 0) & (w <= W) & (h > 0) & (h <= H)
+    ok = (w > 0) & (w <= W[:, None]) & (h > 0) & (h <= H[:, None])
     first, found = ok.to(torch.uint8).argmax(1, keepdim=True), ok.any(1)
-    fw = int(round(H * max(ratio))) if W / H > max(ratio) else W
-    fh = int(round(W / min(ratio))) if W / H < min(ratio) else H
-    h = torch.where(found, h.gather(1, first).squeeze(1), float(fh)).long()
-    w = torch.where(found, w.gather(1, first).squeeze(1), float(fw)).long()
+    Hd, Wd = H.double(), W.double()
+    fw = torch.where(Wd / Hd > max(ratio), (Hd * max(ratio)).round(), Wd)
+    fh = torch.where(Wd / Hd < min(ratio), (Wd / min(ratio)).round(), Hd)
+    h = torch.where(found, h.gather(1, first).squeeze(1), fh.float()).long()
+    w = torch.where(found, w.gather(1, first).squeeze(1), fw.float()).long()
     u = _rand((B, 2), g, shard=shard).T
     top = torch.where(found, torch.minimum((u[0] * (H - h + 1)).long(), H - h), (H - h) // 2)
     left = torch.where(found, torch.minimum((u[1] * (W - w + 1)).long(), W - w), (W - w) // 2)
@@ -87,6 +90,97 @@ def resized_crop(x: Tensor, top: Tensor, left: Tensor, h: Tensor, w: Tensor, siz
     t = (rows(y0) * (1 - ly)).addcmul_(rows(y1), ly)
     cols = lambda xi: t.gather(3, xi[:, None, None, :].expand(B, C, size, size))  # noqa: E731
     return cols(x0).mul_(1 - lx).addcmul_(cols(x1), lx)
+
+
+def _aa_weights(start: Tensor, length: Tensor, size: int, n: int) -> Tensor:
+    """(B, size, n): row i holds the weights of output pixel i over the n (padded) input pixels, for torchvision's
+    antialiased bilinear resize (PIL's filter) of the crop [start, start + length) to `size`: a triangle of
+    half-width max(1, s) input pixels, s = length / size, centred at s (i + 0.5) in the crop, zero outside the crop,
+    each row normalized to sum 1 (what ATen's _upsample_bilinear2d_aa computes, pixel by pixel)."""
+    s = (length.float() / size)[:, None, None]
+    support, centre = s.clamp(min=1.0), (torch.arange(size, device=start.device) + 0.5)[None, :, None] * s
+    k = (torch.arange(n, device=start.device)[None, None, :] - start[:, None, None]).float()  # position in the crop
+    wt = (1 - (k + 0.5 - centre).abs_().div_(support)).clamp_(min=0) * ((k >= 0) & (k < length[:, None, None]))
+    return wt.div_(wt.sum(2, keepdim=True))
+
+
+def area_resized_crop(x: Tensor, top: Tensor, left: Tensor, h: Tensor, w: Tensor, size: int) -> Tensor:
+    """Crop box i of image i resized to size x size WITH antialiasing, float32 on x's scale: torchvision's
+    resized_crop(img, top, left, h, w, [size, size], antialias=True) for images of any size, zero-padded into one
+    float batch x (B, C, Hmax, Wmax). The resize is separable and linear, so each image's output is Wy @ img @ Wx^T with
+    per-sample weight matrices Wy (size, Hmax), Wx (size, Wmax) that are zero outside the crop: one batched matmul
+    pair, exact up to float rounding, blind to the padding, and the filter widens with the downscale factor, so a
+    small view of a large image averages every pixel under it instead of sampling 4 (no aliasing). Cost ~ size x
+    Hmax x Wmax multiply-adds per channel. On a GPU the matmuls may run in TF32 unless --deterministic (rounding of
+    order 255 x 2^-11 = 0.1 grey level; not measured)."""
+    B, C, H, W = x.shape
+    wy, wx = _aa_weights(top, h, size, H), _aa_weights(left, w, size, W)
+    rows = wy @ x.permute(0, 2, 3, 1).reshape(B, H, W * C)  # (B, size, W C); a view if x is channels-last (pad_images)
+    cols = wx @ rows.view(B, size, W, C).transpose(1, 2).reshape(B, W, size * C)  # (B, size_x, size_y C)
+    return cols.view(B, size, size, C).transpose(1, 2).contiguous().permute(0, 3, 1, 2)  # channels-last memory
+
+
+def read_image(path: str, max_side: int = 0) -> Tensor:
+    """An image file -> uint8 (3, H, W) RGB, shrunk to max_side (0: as is). torchvision's decoders (JPEG, PNG, WebP,
+    GIF; faster than PIL's: benchmark.py --part data), PIL for other formats (BMP, TIFF...). Corrupt: an error."""
+    import torchvision
+    try:
+        x = torchvision.io.decode_image(torchvision.io.read_file(path), mode=torchvision.io.ImageReadMode.RGB)
+    except RuntimeError:  # a format torchvision does not decode; a corrupt file raises OSError in PIL
+        from PIL import Image
+        x = torchvision.transforms.functional.pil_to_tensor(Image.open(path).convert("RGB"))
+    return shrink(x, max_side)
+
+
+def shrink(x: Tensor, max_side: int) -> Tensor:
+    """uint8 image (3, H, W) with its longer side shrunk to max_side (antialiased bilinear); unchanged if it fits or
+    max_side is 0."""
+    f = max_side / max(x.shape[1:])
+    if f >= 1 or not max_side:
+        return x
+    size = [max(1, round(d * f)) for d in x.shape[1:]]
+    y = F.interpolate(x[None].float(), size=size, mode="bilinear", antialias=True)[0]
+    return y.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def pad_images(images: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
+    """uint8 images (3, H_i, W_i) -> one zero-padded uint8 batch (B, 3, max H, max W) and their sizes (B, 2), long:
+    Augment's input for images of different sizes. Channels-last memory (B, H, W, 3), as decoders write pixels: whole
+    rows are copied; in a DataLoader worker, straight into shared memory (as its default collate does)."""
+    hw = torch.tensor([x.shape[1:] for x in images], dtype=torch.long)
+    shape, dev = (len(images), *hw.amax(0).tolist(), 3), images[0].device
+    shared = dev.type == "cpu" and torch.utils.data.get_worker_info() is not None
+    out = (torch.empty(0, dtype=torch.uint8).new(torch.UntypedStorage._new_shared(math.prod(shape))).view(shape)
+           if shared else torch.empty(shape, dtype=torch.uint8, device=dev))
+    for o, x in zip(out, images):
+        h, w = x.shape[1:]
+        o[:h, :w], o[h:], o[:h, w:] = x.permute(1, 2, 0), 0, 0
+    return out.permute(0, 3, 1, 2), hw.to(dev, non_blocking=True)
+
+
+def decode_jpegs(blobs: Sequence[Tensor], device, max_side: int):
+    """Files' bytes (uint8 1-D tensors) -> (pad_images of the images decoded on `device`, src, decoded). One batched
+    torchvision decode_jpeg (nvJPEG on a GPU); a file it cannot decode is tried with torchvision's CPU decoder (PNG,
+    CMYK JPEG...), and one that no decoder reads is replaced by the next decoded image of the batch: image i is file
+    src[i], decoded[i] = False. Images are shrunk to max_side (shrink) before padding."""
+    import torchvision
+    rgb = torchvision.io.ImageReadMode.RGB
+    try:
+        imgs = torchvision.io.decode_jpeg(list(blobs), mode=rgb, device=device)
+    except RuntimeError:  # a file of the batch does not decode: one at a time
+        imgs = []
+        for b in blobs:
+            try:
+                imgs.append(torchvision.io.decode_jpeg(b, mode=rgb, device=device))
+            except RuntimeError:
+                try:
+                    imgs.append(torchvision.io.decode_image(b, mode=rgb).to(device))
+                except RuntimeError:
+                    imgs.append(None)
+    n, ok = len(imgs), [im is not None for im in imgs]
+    src = [next((j % n for j in range(i, i + n) if ok[j % n]), i) for i in range(n)]
+    blank = torch.zeros(3, 1, 1, dtype=torch.uint8, device=device)  # no file of the batch decodes
+    return pad_images([blank if imgs[j] is None else shrink(imgs[j], max_side) for j in src]), src, ok
 
 
 def _gray(x: Tensor) -> Tensor:  # luma 0.2989 R + 0.587 G + 0.114 B, (B, 1, H, W)
@@ -184,8 +278,9 @@ def color_jitter(x: Tensor, b: float, c: float, s: float, h: float, p: float, g:
 class Augment:
     """uint8 batch (B, 3, H, W) -> one normalized float32 view per ViewSpec. Per view, solo-learn's order: random
     resized crop, color jitter, grayscale, Gaussian blur (kernel: odd size nearest 10% of the view, >= 3), solarize,
-    horizontal flip, normalize. x may also be a list of uint8 batches already cropped to each spec.size (by the
-    DataLoader, large images): the crop is then skipped. channels_last: the views' memory format (conv nets)."""
+    horizontal flip, normalize. x may also be (uint8 (B, 3, Hmax, Wmax), sizes (B, 2)) from pad_images (large images of
+    different sizes): each crop is then cut with antialiasing (area_resized_crop). channels_last: the views' memory
+    format (conv nets)."""
 
     def __init__(self, views: List[ViewSpec], mean: Sequence[float], std: Sequence[float], channels_last=False,
                  shard=(0, 1)):
@@ -194,8 +289,11 @@ class Augment:
         self.inv_std = 1.0 / torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
 
     def __call__(self, x, g: torch.Generator) -> List[Tensor]:
-        pre = isinstance(x, (list, tuple))
-        return [self.view(x[i] if pre else x, v, g, crop=not pre) for i, v in enumerate(self.views)]
+        if not isinstance(x, (list, tuple)):
+            return [self.view(x, v, g) for v in self.views]
+        img, (H, W), sh = x[0].float(), x[1].T, self.shard  # one float copy of the padded batch serves every view
+        box = lambda v: rrc_params(len(img), H, W, v.scale, v.ratio, g, shard=sh)  # noqa: E731
+        return [self.view(area_resized_crop(img, *box(v), v.size).div_(255), v, g, crop=False) for v in self.views]
 
     def view(self, x: Tensor, v: ViewSpec, g: torch.Generator, crop: bool = True) -> Tensor:
         (B, _, H, W), sh = x.shape, self.shard

@@ -5,6 +5,7 @@ the device's peak when it is known. Every training figure comes from the method 
     python benchmark.py --part aug                        # augmentation only (batched, and the PIL baseline)
     python benchmark.py --part train --methods simclr byol --steps 12 --backbone resnet18
     python benchmark.py --part train --methods simclr --nproc 2   # the same through torchrun, 2 processes
+    python benchmark.py --part data --data-dir PATH       # large-image input path, JPEGs under PATH (e.g. ImageNet)
     bash run_all.sh bench                                 # the same as the first line
     python benchmark.py --part gpu-check --out DIR        # the one-call GPU check (below): DIR/report.md, .json
 
@@ -41,6 +42,14 @@ What is measured
   JPEGs instead of synthetic; (b) 3 s on the copy or generated images; (c) vit_tiny with 32-px patches, batch 2): the
   test suite runs it, so the command cannot rot. Priority when time is short: (a) SimCLR, (b), the other (a) rows,
   (c), the counts, the compiled rows.
+- data: the large-image input path on the JPEGs under --data-dir (the first --images of them, sorted), --workers
+  DataLoader workers, batches of 32: views/s per worker for 2 x 224 and for 2 x 224 + 10 x 96 views (DINO's
+  multi-crop) of (1) the previous path, where the workers cut and resize every view in PIL
+  (RandomResizedCrop per view); (2) workers that only decode (torchvision) and pad (--decode cpu); (3) workers
+  that only read the files (--decode gpu; the device's decoding is not in this row); (4) decode alone in PIL and
+  in torchvision (the images stay in the worker: the ceiling of (2), which also pads and hands them over). Per image, a worker's time does not depend on the number of
+  views in (2)-(4). Last row: views/s of the device's part, `area_resized_crop` of every view of a padded batch
+  of 64 (with rrc_params), on the benchmark device.
 Numbers are only comparable on the same device; write them into the README table with the date and device.
 """
 import concurrent.futures
@@ -63,6 +72,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
+import augment  # noqa: E402
 import common  # noqa: E402
 
 METHODS = sorted(p.stem for p in (ROOT / "methods").glob("*.py"))
@@ -73,8 +83,14 @@ SYNTHETIC_IMAGES = 4096
 
 @dataclass
 class Args:
-    part: Literal["all", "aug", "train", "gpu-check"] = "all"
-    """what to measure (gpu-check: the one-call GPU check, see the top of this file; --out names its folder)"""
+    part: Literal["all", "aug", "train", "gpu-check", "data"] = "all"
+    """what to measure (gpu-check: the one-call GPU check, see the top of this file; --out names its folder; data: only with --data-dir)"""
+    data_dir: str = ""
+    """--part data: a folder with ImageNet-sized JPEGs (searched recursively)"""
+    images: int = 256
+    """--part data: how many of its JPEGs"""
+    workers: int = 2
+    """--part data: DataLoader workers"""
     methods: List[str] = field(default_factory=lambda: list(METHODS))
     """methods for --part train (file names in methods/ without .py)"""
     backbone: common.BackboneName = "resnet18"
@@ -174,6 +190,77 @@ def bench_pil(x, mean, std) -> float:
             n += len(a) * 2
         it = iter(loader)
     return n / (time.perf_counter() - t)
+
+
+class _Files(torch.utils.data.Dataset):
+    """--part data: the JPEGs read as the previous path did (PIL, a random resized crop per view), or decoded only."""
+
+    def __init__(self, paths, how: str, views=()):
+        self.paths, self.how, self.views = paths, how, views
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        import torchvision.transforms as T
+        from PIL import Image
+        if self.how == "torchvision":
+            return common.read_image(self.paths[i])
+        img = Image.open(self.paths[i]).convert("RGB")
+        if self.how == "pil":
+            return T.functional.pil_to_tensor(img)
+        return [T.functional.pil_to_tensor(T.RandomResizedCrop(v.size, v.scale, v.ratio)(img)) for v in self.views]
+
+
+def _images_per_sec(dataset, workers: int, collate) -> float:
+    """Images/s of a DataLoader (batches of 32, persistent workers) over 2 passes, after one pass to start up."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=32, num_workers=workers, collate_fn=collate,
+                                         persistent_workers=True)
+    for _ in loader:
+        pass
+    t = time.perf_counter()
+    for _ in range(2):
+        for _ in loader:
+            pass
+    return 2 * len(dataset) / (time.perf_counter() - t)
+
+
+def bench_data(args: Args, device: torch.device):
+    """Rows (label, views/s per worker with 2 views, with 2 + 10 views) of the large-image path (see --part data)."""
+    paths = sorted(str(p) for p in Path(args.data_dir).expanduser().rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
+    if not paths:
+        raise common.UserError(f"--data-dir {args.data_dir}: no .jpg / .jpeg files in it.")
+    paths, w = paths[:args.images], args.workers
+    pair = [common.ViewSpec(224, (0.08, 1.0))] * 2
+    dino = common.multicrop(pair, 10, 96, (0.05, 0.4), (0.4, 1.0))
+    stack = lambda b: [torch.stack(v) for v in zip(*b)]  # noqa: E731  (per view, as the previous path's collate)
+    rows = [("previous: workers decode and crop every view in PIL", *(
+        _images_per_sec(_Files(paths, "crop", v), w, stack) * len(v) / w for v in (pair, dino)))]
+    for label, mode in (("workers decode (torchvision) and pad; crops on the device", "decode"),
+                        ("--decode gpu: workers read the files; decode and crops on the device", "bytes")):
+        files = (np.array([os.fsencode(p) for p in paths]), np.zeros(len(paths), dtype=np.int64))
+        ds = common._Decoded(files, 0, mode)
+        rate = _images_per_sec(ds, w, ds.collate) / w
+        rows.append((label, rate * 2, rate * 12))
+    for how in ("pil", "torchvision"):
+        rate = _images_per_sec(_Files(paths, how), w, len) / w  # the images stay in the worker: decoding only
+        rows.append((f"decode alone, {'PIL' if how == 'pil' else 'torchvision.io.decode_image'}", rate * 2, rate * 12))
+    x, hw = common.pad_images([common.read_image(p, common.LARGE_MAX) for p in (paths * 64)[:64]])
+    x, hw, g = x.to(device).float(), hw.to(device), torch.Generator(device=device).manual_seed(0)
+    rates = []
+    for views in (pair, dino):
+        crop = lambda: [augment.area_resized_crop(x, *augment.rrc_params(  # noqa: E731
+            64, hw[:, 0], hw[:, 1], v.scale, v.ratio, g), v.size) for v in views]
+        crop()
+        sync(device)
+        n, t = 0, time.perf_counter()
+        while time.perf_counter() - t < 3.0:
+            crop()
+            n += 1
+        sync(device)
+        rates.append(n * 64 * len(views) / (time.perf_counter() - t))
+    rows.append((f"device part: area_resized_crop of a padded batch of 64 on {device.type} (views/s, total)", *rates))
+    return rows
 
 
 def script_flags(args: Args, method: str, steps: int, run_dir: Path) -> List[str]:
@@ -664,6 +751,11 @@ def main(args: Args):
         print("\n| augmentation (32 px, batch 256) | views/s |\n|-|-|")
         for label, vps in bench_aug(device, args.pil_baseline):
             print(f"| {label} | {vps:,.0f} |", flush=True)
+    if args.part == "data" or (args.part == "all" and args.data_dir):
+        print(f"\n| large images ({args.workers} workers, JPEGs of {args.data_dir}) | views/s per worker, 2 x 224 | "
+              "2 x 224 + 10 x 96 |\n|-|-|-|", flush=True)
+        for label, a, b in bench_data(args, device):
+            print(f"| {label} | {a:,.0f} | {b:,.0f} |", flush=True)
     if args.part in ("all", "train"):
         procs = f", {args.nproc} process(es) under torchrun" if args.nproc else ""
         print(f"\n| method ({args.backbone}, batch {args.batch_size}{procs}) | views/s | GFLOPs/view | CIFAR-10 epoch (s) | "

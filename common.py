@@ -2,6 +2,7 @@
 Contents: errors and the command line | several processes (torchrun) | data | optimization | evaluation | runs
 (directory, logging, checkpoints, resume, interruptions). Two topics have their own module, re-exported here so a
 method file needs only `import common`: augment.py (batched augmentation) and backbones.py (ResNet, ViT)."""
+import atexit
 import contextlib
 import copy
 import dataclasses
@@ -29,7 +30,7 @@ try:  # the slow imports (seconds; method files import common first): Ctrl-C mea
     import tyro
 
     import estimators
-    from augment import Augment, ViewSpec, multicrop  # noqa: F401  (method files use them as common.X)
+    from augment import Augment, ViewSpec, decode_jpegs, multicrop, pad_images, read_image  # noqa: F401  (common.X)
     from backbones import VIT_SIZES, TinyResNet, ViT, build_backbone, default_patch, mlp  # noqa: F401  (likewise)
 except KeyboardInterrupt:
     sys.exit(130)
@@ -38,7 +39,7 @@ DatasetName = Literal["cifar10", "cifar100", "stl10", "tinyimagenet", "imagenet1
                       "synthetic"]
 BackboneName = Literal["resnet18", "resnet50", "tiny", "vit_tiny", "vit_small"]
 OptimizerName = Literal["lars", "sgd", "adamw"]
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Precision, Decoder = Literal["auto", "fp32", "bf16", "fp16"], Literal["cpu", "gpu"]
 Tensor = torch.Tensor
 ONLINE_PROTOCOL = ("online linear probe: trained during SSL on detached backbone features of augmented view 1 "
                    "(SGD lr 0.1, momentum 0.9)")
@@ -129,7 +130,7 @@ def broadcast_(*tensors: Tensor):  # rank 0's values of these tensors on every r
 CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
                "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-SMALL_MAX = 96  # images up to this size are decoded once into a uint8 tensor on the device
+SMALL_MAX, LARGE_MAX = 96, 512  # images up to 96 px are decoded once onto the device; above, longer side <= 512 px
 
 def make_synthetic(n: int, seed: int, size: int = 32, num_classes: int = 10):
     """Ten texture classes (stripes, checkers, rings, squares, blobs, grids...), random phase, position and palette
@@ -177,56 +178,61 @@ def _torchvision_split(name, root, split):
     finally:
         dist.barrier() if first and world_size() > 1 else None  # downloaded (or failed): the others may read
 
-def _folder_samples(root: Path):  # (path, label) of an ImageFolder layout, or Tiny-ImageNet's val/val_annotations.txt
-    try:
+def _folder_samples(root: Path):  # ((paths, labels), classes) of an ImageFolder layout or Tiny-ImageNet's val/; numpy
+    try:  # arrays (bytes, int64): forked DataLoader workers read them without copying them page by page
         if (root / "val_annotations.txt").exists():
             classes = sorted(p.name for p in (root.parent / "train").iterdir() if p.is_dir())
             rows = [ln.split("\t")[:2] for ln in (root / "val_annotations.txt").read_text().splitlines() if ln.strip()]
-            return [(str(root / "images" / f), classes.index(c)) for f, c in rows], classes
-        d = torchvision.datasets.ImageFolder(str(root))
-        return d.samples, d.classes
+            samples = [(str(root / "images" / f), classes.index(c)) for f, c in rows]
+        else:
+            samples, classes = (d := torchvision.datasets.ImageFolder(str(root))).samples, d.classes
     except (OSError, ValueError) as e:  # no class folders, or folders without images
         raise UserError(f"{root}: no images in an ImageFolder layout ({str(e).splitlines()[0][:100]}).") from None
+    return (np.array([os.fsencode(p) for p, _ in samples]), np.array([c for _, c in samples], dtype=np.int64)), classes
 
 def _quiet_worker(_):  # DataLoader workers leave SIGINT / SIGTERM to the main process, which saves and stops
     signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 class _Decoded(torch.utils.data.Dataset):
-    """Image files decoded by DataLoader workers: resized whole ("small"), resize + center crop ("eval"), or one random
-    resized crop per view ("train", large images; seeded per image, so runs and resumes repeat). An unreadable file
-    is replaced by the next readable one ("small": not), and `ok` = False tells the main process."""
+    """Image files (paths, labels) read by DataLoader workers: "bytes" (the device decodes them), "decode" (read_image:
+    uint8 (3, H, W), longer side <= LARGE_MAX), "small" (resized whole) or "eval" (resize + center crop). An unreadable
+    file is replaced by the next readable one ("small": not), and `ok` = False tells the main process."""
 
-    def __init__(self, samples, size, mode: str, views=None, seed: int = 0):
-        self.samples, self.size, self.mode, self.views, self.seed = samples, size, mode, views, seed
+    def __init__(self, files, size: int, mode: str):
+        (self.paths, self.labels), self.size, self.mode = files, size, mode
 
     def __len__(self):
-        return len(self.samples)
+        return len(self.paths)
 
     def __getitem__(self, i):
-        from PIL import Image
-        import torchvision.transforms.v2 as T
+        import torchvision.transforms.v2.functional as TF
         for j in [i] if self.mode == "small" else [(i + k) % len(self) for k in range(10)]:
+            path = os.fsdecode(self.paths[j])
             try:
-                img = Image.open(self.samples[j][0]).convert("RGB")
-            except (OSError, ValueError, SyntaxError):  # truncated, corrupt or not an image
+                x = (torchvision.io.read_file(path) if self.mode == "bytes" else
+                     read_image(path, LARGE_MAX if self.mode == "decode" else 0))
+            except (OSError, ValueError, SyntaxError, RuntimeError):  # truncated, corrupt or not an image
                 continue
-            torch.manual_seed(self.seed * 1_000_003 + i)
-            x = ([T.RandomResizedCrop(v.size, v.scale, v.ratio)(img) for v in self.views] if self.mode == "train" else
-                 img.resize((self.size,) * 2, Image.BILINEAR) if self.mode == "small" else
-                 T.CenterCrop(self.size)(T.Resize(round(self.size * 8 / 7))(img)))
-            x = [T.functional.pil_to_tensor(c) for c in x] if self.mode == "train" else T.functional.pil_to_tensor(x)
-            return x, self.samples[j][1], i, j == i
-        blank = lambda size: torch.zeros(3, size, size, dtype=torch.uint8)  # noqa: E731
-        return [blank(v.size) for v in self.views] if self.mode == "train" else blank(self.size), -1, i, False
+            x = (x if self.mode in ("bytes", "decode") else TF.resize(x, [self.size] * 2) if self.mode == "small" else
+                 TF.center_crop(TF.resize(x, round(self.size * 8 / 7)), self.size))
+            return x, int(self.labels[j]), i, j == i
+        return torch.zeros(3, self.size or 1, self.size or 1, dtype=torch.uint8), -1, i, False
 
-def _loader(dataset, batch_sampler):
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=min(8, os.cpu_count() or 1),
-                                       pin_memory=torch.cuda.is_available(), worker_init_fn=_quiet_worker)
+    def collate(self, batch):  # in the worker: one padded batch ("decode"); all bytes in one tensor + lengths ("bytes")
+        x, y, idx, ok = zip(*batch)
+        x = (pad_images(x) if self.mode == "decode" else torch.utils.data.default_collate(x) if self.mode != "bytes"
+             else (torch.cat([b.view(-1) for b in x]), torch.tensor([b.numel() for b in x])))
+        return x, torch.tensor(y), torch.tensor(idx), torch.tensor(ok)
 
-def _decode_all(samples, size):  # small images, decoded once: uint8 (N, 3, size, size), labels; unreadable: refused
-    parts = list(_loader(_Decoded(samples, size, "small"), [range(k, min(k + 512, len(samples)))
-                                                            for k in range(0, len(samples), 512)]))
-    bad = [samples[i][0] for _, _, idx, ok in parts for i in idx[~ok].tolist()]
+def _loader(dataset, batch_sampler, workers: int, persistent: bool = False):  # each worker prefetches 2 batches
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, persistent_workers=
+                                       persistent, collate_fn=dataset.collate, pin_memory=torch.cuda.is_available(),
+                                       worker_init_fn=_quiet_worker)
+
+def _decode_all(files, size, workers):  # small images, decoded once: uint8 (N, 3, size, size), labels; bad: refused
+    chunks = [range(k, min(k + 512, len(files[0]))) for k in range(0, len(files[0]), 512)]
+    parts = list(_loader(_Decoded(files, size, "small"), chunks, workers))
+    bad = [os.fsdecode(files[0][i]) for _, _, idx, ok in parts for i in idx[~ok].tolist()]
     if bad:
         raise UserError(f"{len(bad)} unreadable image file(s), e.g. {', '.join(bad[:3])}; remove or replace them.")
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
@@ -234,8 +240,8 @@ def _decode_all(samples, size):  # small images, decoded once: uint8 (N, 3, size
 @dataclass
 class Data:
     """A dataset ready for training. `splits` {"ssl": what SSL trains on (labels -1 = unlabelled), "train", "test": the
-    evaluation splits}: (uint8 images (N, 3, H, W), labels) on the device (every rank's). Large images: `files` of
-    (path, label) per split, decoded by DataLoader workers (crops there, the rest of the augmentation on the device)."""
+    evaluation splits}: (uint8 images (N, 3, H, W), labels) on the device (every rank's). Large images: `files`
+    (paths, labels) per split, decoded by DataLoader workers or on the device (`feed`); crops: on the device."""
     name: str
     num_classes: int
     image_size: int
@@ -245,18 +251,19 @@ class Data:
     files: dict = None
     device: torch.device = torch.device("cpu")
     unreadable: int = 0  # large images replaced by another one so far
+    feed: torch.utils.data.DataLoader = None  # large images' training batches: files read by persistent workers
 
-    @property
-    def large(self):
-        return self.files is not None
+    large = property(lambda self: self.files is not None)  # images decoded by DataLoader workers or on the device
 
     def __len__(self):
-        return len(self.files["ssl"]) if self.large else len(self.splits["ssl"][0])
+        return len((self.files or self.splits)["ssl"][0])
 
-    def ssl_batches(self, batch_size: int, epoch: int, seed: int, views=None, start: int = 0, split: str = "ssl"):
-        """This rank's share of global batches start, start + 1... of an epoch of a split (drop_last): uint8 images (or
-        per-view crops), labels, dataset indices. Shuffled by (seed, epoch) only; rank r takes the r-th equal share."""
-        b, r, n = batch_size // world_size(), rank(), len(self.files[split] if self.large else self.splits[split][0])
+    def ssl_batches(self, batch_size: int, epoch: int, seed: int, start: int = 0, split: str = "ssl"):
+        """This rank's share of global batches start, start + 1... of an epoch of a split (drop_last): uint8 images
+        (large ones padded as pad_images'), labels, dataset indices. Shuffled by (seed, epoch) only; rank r takes the
+        r-th equal share. Large images (image folders): the SSL split is the labelled train split, read by `feed`."""
+        split = "ssl" if self.large else split
+        b, r, n = batch_size // world_size(), rank(), len((self.files or self.splits)[split][0])
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
         perm = perm if self.large else perm.to(self.device)  # once an epoch: a host-to-device copy makes the host wait
         shares = [perm[i * batch_size + r * b:][:b] for i in range(start, n // batch_size)]
@@ -264,28 +271,31 @@ class Data:
             x, y = self.splits[split]
             yield from ((x[idx], y[idx], idx) for idx in shares)
             return
-        files = self.files[split]
-        for crops, y, idx, ok in _loader(_Decoded(files, 0, "train", views, seed * 100_003 + epoch), shares):
+        self.feed.batch_sampler[:], dev = shares, self.device  # read at each iter(feed): one epoch at a time
+        for x, y, idx, ok in self.feed:
+            if self.feed.dataset.mode == "bytes":  # --decode gpu: a file the device cannot decode is replaced
+                x, src, decoded = decode_jpegs(x[0].split(x[1].tolist()), dev, LARGE_MAX)
+                y, ok = y[src], ok & torch.tensor(decoded)
             if not ok.all():
                 self.unreadable += int((~ok).sum())
-                print(f"warning: unreadable image {files[int(idx[~ok][0])][0]} replaced by another "
-                      f"({self.unreadable} so far)", file=sys.stderr, flush=True)
-            y, idx = y.to(self.device, non_blocking=True), idx.to(self.device, non_blocking=True)  # pinned: no wait
-            yield [c.to(self.device, non_blocking=True) for c in crops], y, idx
+                print(f"warning: unreadable image {os.fsdecode(self.files['ssl'][0][int(idx[~ok][0])])} replaced by "
+                      f"another ({self.unreadable} so far)", file=sys.stderr, flush=True)
+            yield [t.to(dev, non_blocking=True) for t in x], *(t.to(dev, non_blocking=True) for t in (y, idx))
 
     def eval_batches(self, split: Literal["train", "test"], batch_size: int = 512):  # un-augmented, in order
         if not self.large:
             x, y = self.splits[split]
             yield from ((x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size))
             return
-        n = len(self.files[split])
+        n = len(self.files[split][0])
         sampler = [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-        for x, y, _, _ in _loader(_Decoded(self.files[split], self.image_size, "eval"), sampler):
+        for x, y, _, _ in _loader(_Decoded(self.files[split], self.image_size, "eval"), sampler, self.feed.num_workers):
             yield x.to(self.device, non_blocking=True), y.to(self.device)
 
-def load_data(name: str, data_dir: str, seed: int, device) -> Data:
+def load_data(name: str, data_dir: str, seed: int, device, workers: int = 0, decode: Decoder = "cpu") -> Data:
     """Load a dataset (layouts in the README); missing or unusable data: UserError naming what, where, what to do."""
     root, small = Path(data_dir).expanduser(), None
+    workers = workers or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # per process
     if name == "synthetic":
         x, y = make_synthetic(5120, seed)
         small = 10, (x[:4096], y[:4096]), (x[:4096], y[:4096]), (x[4096:], y[4096:]), _stats(x[:4096])
@@ -313,16 +323,17 @@ def load_data(name: str, data_dir: str, seed: int, device) -> Data:
         if not (root / "train").is_dir() or split is None:
             raise _missing(f"--dataset {name}: folders train/ and val/ (or test/)", root.resolve())
         (train, classes), (test, _) = _folder_samples(root / "train"), _folder_samples(root / split)
-        from PIL import Image
         try:
-            size = max(Image.open(train[0][0]).size)
-        except OSError as e:
-            raise UserError(f"unreadable image {train[0][0]} ({type(e).__name__}); remove or replace it.") from None
-        if size > SMALL_MAX or name == "imagenet100":
-            d = Data(name, len(classes), 224, *IMAGENET_STATS, files={"ssl": train, "train": train, "test": test})
+            size = max(read_image(os.fsdecode(train[0][0])).shape[1:])
+        except (OSError, RuntimeError) as e:
+            raise UserError(f"unreadable image {os.fsdecode(train[0][0])} ({type(e).__name__}); remove it.") from None
+        if size > SMALL_MAX or name == "imagenet100":  # at exit, feed's workers stop before multiprocessing's SIGTERM
+            feed = _loader(_Decoded(train, 0, "bytes" if decode == "gpu" else "decode"), [], workers, True)  # (ignored)
+            atexit.register(lambda: feed._iterator and feed._iterator._shutdown_workers())
+            d = Data(name, len(classes), 224, *IMAGENET_STATS, files=dict(ssl=train, train=train, test=test), feed=feed)
         else:
-            tr = _decode_all(train, size)
-            small = len(classes), tr, tr, _decode_all(test, size), _stats(tr[0])
+            tr = _decode_all(train, size, workers)
+            small = len(classes), tr, tr, _decode_all(test, size, workers), _stats(tr[0])
     if small:
         k, ssl, tr, te, stats = small
         splits = {s: (x.to(device), y.to(device)) for s, (x, y) in (("ssl", ssl), ("train", tr), ("test", te))}
@@ -443,9 +454,9 @@ def finetune(backbone: nn.Module, feat_dim: int, data: Data, normalize, autocast
     opt = make_optimizer("adamw", param_groups(net, 0.05), 5e-4 * batch_size / 256)
     view = ViewSpec(data.image_size, scale=(0.2, 1.0), jitter_p=0.0, gray_p=0.0)
     aug, g = Augment([view], data.mean, data.std, shard=(rank(), world_size())), torch.Generator(data.device)
-    total, step = epochs * (len(data.files["train"] if data.large else data.splits["train"][0]) // batch_size), 0
+    total, step = epochs * (len((data.files or data.splits)["train"][0]) // batch_size), 0
     for epoch in range(epochs):
-        for x, y, _ in data.ssl_batches(batch_size, epoch, seed + 7, [view], split="train"):
+        for x, y, _ in data.ssl_batches(batch_size, epoch, seed + 7, split="train"):
             for grp in opt.param_groups:
                 grp["lr"] = grp["base_lr"] * warmup_cosine(step, total, total // 10, start=0.0)
             with autocast():
@@ -540,7 +551,7 @@ class Run:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.ckpt = load_checkpoint(a.resume, method, a) if a.resume else None
         self.dir = self._choose_dir()
-        self.data = load_data(a.dataset, a.data_dir, a.seed, self.device)
+        self.data = load_data(a.dataset, a.data_dir, a.seed, self.device, a.workers, a.decode)
         if len(self.data) < a.batch_size:
             raise UserError(f"--batch-size {a.batch_size} exceeds the {len(self.data)} training images of {a.dataset}.")
         size, p = self.data.image_size, a.patch_size or default_patch(self.data.image_size)
@@ -729,12 +740,11 @@ class Run:
                 break
 
     def batches(self, epoch: int):
-        """This rank's training batches of one epoch, from where a resumed run stopped: (uint8 images, or per-view crops
+        """This rank's training batches of one epoch, from where a resumed run stopped: (uint8 images, or a padded batch
         for large images; labels, -1 = none); `run.batch_index` holds their dataset indices; `run.step_count` is 1-based
         (the step being taken; step_count - 1 were done). Between steps: metrics, time checkpoints, SIGINT / SIGTERM."""
         a, start, steady = self.args, self.start_batch if epoch == self.start_epoch else 0, None
-        for i, (x, y, self.batch_index) in enumerate(self.data.ssl_batches(a.batch_size, epoch, a.seed, self.views,
-                                                                            start), start):
+        for i, (x, y, self.batch_index) in enumerate(self.data.ssl_batches(a.batch_size, epoch, a.seed, start), start):
             self.step_count, self.batch_in_epoch = self.step_count + 1, i + 1
             self.gen.manual_seed(a.seed * 1_000_003 + self.step_count)
             yield x, y

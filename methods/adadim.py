@@ -69,6 +69,10 @@ class Args:
     """dataset; `synthetic` needs no files, `imagefolder` reads DATA_DIR/train and DATA_DIR/val (or test)"""
     data_dir: str = "data"
     """where the dataset lives or is downloaded to (medmnist: the .npz file)"""
+    workers: int = 0
+    """DataLoader processes per process for large images (0: this node's cores / its processes, at least 1)"""
+    decode: common.Decoder = "cpu"
+    """large images: the DataLoader workers decode them (cpu), or only read the files and the device decodes (gpu)"""
     backbone: common.BackboneName = "resnet18"
     """backbone (ResNets get the CIFAR stem for images <= 64 px); `tiny` is a narrow ResNet for CPU runs"""
     patch_size: int = 0
@@ -213,7 +217,7 @@ def main(args: Args):
         """dimensionality_alpha of R (or Z) on --alpha-batches random global batches, one view each; BatchNorm on
         batch statistics with its running statistics left as they are (see 5.)."""
         g = torch.Generator(device=run.device).manual_seed((args.seed + 1) * 100_003 + epoch)  # not run.gen: see 5.
-        batches = run.data.ssl_batches(args.batch_size, epoch, args.seed + 1, run.views)
+        batches = run.data.ssl_batches(args.batch_size, epoch, args.seed + 1)
         norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         for m in norms:
             m.track_running_stats = False  # in train mode: batch statistics, running ones untouched

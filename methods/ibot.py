@@ -50,6 +50,10 @@ class Args:
     """dataset; `synthetic` needs no files, `imagefolder` reads DATA_DIR/train and DATA_DIR/val (or test)"""
     data_dir: str = "data"
     """where the dataset lives or is downloaded to (medmnist: the .npz file)"""
+    workers: int = 0
+    """DataLoader processes per process for large images (0: this node's cores / its processes, at least 1)"""
+    decode: common.Decoder = "cpu"
+    """large images: the DataLoader workers decode them (cpu), or only read the files and the device decodes (gpu)"""
     backbone: common.BackboneName = "vit_tiny"
     """backbone (ResNets get the CIFAR stem for images <= 64 px); `tiny` is a narrow ResNet for CPU runs"""
     patch_size: int = 0
@@ -154,7 +158,6 @@ class DINOHead(nn.Module):
             return F.linear(u.float(), F.normalize(self.last_layer.weight, dim=1))  # logits (..., K)
 
 
-@torch.no_grad()
 def block_masks(n: int, gh: int, gw: int, pred_ratio, pred_ratio_var, g: torch.Generator, tries: int = 10):
     """n masks (n, gh * gw) bool, targets (n,): fraction U[mean - var, mean + var], (mean, var) drawn per image; each
     round, every unfinished image adds its first valid rectangle of `tries` (h < gh, w < gw, 1..room new patches)."""
@@ -164,8 +167,7 @@ def block_masks(n: int, gh: int, gw: int, pred_ratio, pred_ratio_var, g: torch.G
     target, mask = frac * (gh * gw), torch.zeros(n, gh, gw, dtype=torch.bool, device=dev)  # no host-to-device copy
     rows, cols, idx = (torch.arange(d, device=dev) for d in (gh, gw, n))
     low, a0, active = (min(gh, gw) // 3) ** 2, math.log(0.3), target > 0  # official min area, aspect in (0.3, 1/0.3)
-    # each round adds >= 1 patch to each active image: ceil(largest target) rounds finish all (a fixed number: the
-    # host never reads `is any still active?` from the device)
+    # >= 1 patch a round for each active image: ceil(largest target) rounds finish all (fixed: the host reads nothing)
     for _ in range(min(gh * gw, math.ceil(max(map(sum, zip(pred_ratio, pred_ratio_var))) * gh * gw) + 1)):
         room = target - mask.flatten(1).sum(1)  # (N,) the official max_mask_patches
         u = torch.rand(4, n, tries, generator=g, device=dev)
@@ -233,8 +235,7 @@ def main(args: Args):
     if local_size % p or local_size < 0:
         raise common.UserError(f"--local-crop-size {local_size} is not a positive multiple of the patch size {p}.")
     views = [common.ViewSpec(size, gs), common.ViewSpec(size, gs, solarize_p=0.2)]  # global views: masked, teacher
-    views += [common.ViewSpec(local_size, ls)] * args.num_local_crops  # local views: student only, CLS loss only
-    aug = run.augment(views)
+    aug = run.augment(views + [common.ViewSpec(local_size, ls)] * args.num_local_crops)  # + locals: student, CLS loss
     backbone, feat_dim = common.build_backbone(args.backbone, size, p)
     head = DINOHead(feat_dim, args.proj_hidden_dim, args.proj_output_dim, args.out_dim)  # shared: CLS and patches
     student = nn.Sequential(backbone, head)
@@ -267,9 +268,8 @@ def main(args: Args):
                 tok = backbone.tokens(glob, mask=mask, mask_token=model.mask_token)  # student, masked (2n, 1 + L, D)
                 s = head(tok)  # student logits of CLS and every patch, global views (2n, 1 + L, K)
                 s_local = [head(backbone(torch.cat(views[2:])))] if views[2:] else []  # local CLS logits (Ln, K)
-                with torch.no_grad():
-                    tok_t = teacher[0].tokens(glob)  # the teacher's tokens, unmasked (2n, 1 + L, D)
-                    t = teacher[1](tok_t)  # teacher logits of CLS and every patch (2n, 1 + L, K)
+                tok_t = teacher[0].tokens(glob)  # the teacher's tokens, unmasked (2n, 1 + L, D); no gradient (frozen)
+                t = teacher[1](tok_t)  # teacher logits of CLS and every patch (2n, 1 + L, K)
             s_cls = torch.cat([s[:, 0], *s_local]).view(len(views), n, -1)  # (V, n, K)
             t_cls, t_patch = t[:, 0].view(2, n, -1), t[:, 1:]  # (2, n, K), (2n, L, K)
             loss_cls = dino_loss(s_cls, t_cls, model.center, args.student_temp, teacher_temp)

@@ -48,6 +48,10 @@ class Args:
     """dataset; `synthetic` needs no files, `imagefolder` reads DATA_DIR/train and DATA_DIR/val (or test)"""
     data_dir: str = "data"
     """where the dataset lives or is downloaded to (medmnist: the .npz file)"""
+    workers: int = 0
+    """DataLoader processes per process for large images (0: this node's cores / its processes, at least 1)"""
+    decode: common.Decoder = "cpu"
+    """large images: the DataLoader workers decode them (cpu), or only read the files and the device decodes (gpu)"""
     backbone: common.BackboneName = "resnet18"
     """backbone (ResNets get the CIFAR stem for images <= 64 px); `tiny` is a narrow ResNet for CPU runs"""
     patch_size: int = 0

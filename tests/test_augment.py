@@ -248,18 +248,59 @@ def test_augment_multicrop():
     assert [tuple(o.shape) for o in out] == [(8, 3, 32, 32)] * 2 + [(8, 3, 16, 16)] * 4
 
 
-def test_augment_blur_on_large_and_precropped_list():
-    views = [A.ViewSpec(96, blur_p=1.0), A.ViewSpec(96, blur_p=0.1, solarize_p=0.2)]  # BYOL's ImageNet blur; kernel 9
-    aug = A.Augment(views, MEAN, STD)
-    out = aug(_batch(4, 120, 100), torch.Generator().manual_seed(0))
-    assert [tuple(o.shape) for o in out] == [(4, 3, 96, 96)] * 2
-    pre = [_batch(4, 96, 96, 1), _batch(4, 96, 96, 2)]
-    p0 = [p.clone() for p in pre]
-    o1 = aug(pre, torch.Generator().manual_seed(0))
-    o2 = aug(pre, torch.Generator().manual_seed(0))
-    assert all(torch.equal(a, b) for a, b in zip(o1, o2))
-    assert all(torch.equal(a, b) for a, b in zip(pre, p0))
-    assert [tuple(o.shape) for o in o1] == [(4, 3, 96, 96)] * 2
+def _padded(sizes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ims = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g) for h, w in sizes]
+    return ims, A.pad_images(ims)
+
+
+def test_augment_padded_batch_of_images_of_different_sizes():
+    """Large images arrive as (zero-padded batch, sizes): views depend on neither the padding nor the process split."""
+    ims, (x, hw) = _padded([(75, 100), (100, 67), (60, 90), (90, 90)])
+    assert x.shape == (4, 3, 100, 100) and hw.tolist() == [[75, 100], [100, 67], [60, 90], [90, 90]]
+    assert torch.equal(x[1, :, :, :67], ims[1]) and x[1, :, :, 67:].sum() == 0
+    views = [A.ViewSpec(48, blur_p=1.0), A.ViewSpec(24, solarize_p=0.2)]
+    out = A.Augment(views, MEAN, STD)((x, hw), torch.Generator().manual_seed(0))
+    assert [tuple(o.shape) for o in out] == [(4, 3, 48, 48), (4, 3, 24, 24)]
+    more = torch.zeros(4, 3, 130, 111, dtype=torch.uint8)
+    more[:, :, :100, :100] = x
+    again = A.Augment(views, MEAN, STD)((more, hw), torch.Generator().manual_seed(0))
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(out, again))  # more padding: the same views
+    for r in range(2):  # rank r of 2: its two images, padded to its own maximum, and its rows of every draw
+        part = A.pad_images(ims[2 * r:2 * r + 2])
+        mine = A.Augment(views, MEAN, STD, shard=(r, 2))(part, torch.Generator().manual_seed(0))
+        assert all(torch.allclose(a, b[2 * r:2 * r + 2], atol=1e-4) for a, b in zip(mine, out))
+
+
+def test_rrc_params_with_a_size_per_sample_is_the_scalar_draw_row_by_row():
+    sizes = torch.tensor([[375, 500], [500, 333], [40, 10], [10, 40], [7, 300]])
+    for scale, ratio in (((0.08, 1.0), (3 / 4, 4 / 3)), ((0.9, 1.0), (0.9, 1.1))):  # the second: many fallbacks
+        per = A.rrc_params(5, sizes[:, 0], sizes[:, 1], scale, ratio, torch.Generator().manual_seed(4))
+        for i, (H, W) in enumerate(sizes.tolist()):
+            one = A.rrc_params(5, H, W, scale, ratio, torch.Generator().manual_seed(4))
+            assert [int(t[i]) for t in per] == [int(t[i]) for t in one], (i, H, W)
+
+
+@pytest.mark.parametrize("size", [224, 96, 17, 300])
+def test_area_resized_crop_is_torchvisions_antialiased_resized_crop(size):
+    """Images of different sizes in one padded batch, random boxes from small (upscaled) to large (downscaled 4x):
+    float images agree with torchvision's resized_crop(antialias=True) to 1e-5 (of 1); uint8 ones to 1.05 grey levels
+    (torchvision rounds to uint8 after each of its two passes and uses fixed-point weights). The old bilinear crop
+    (no antialiasing) is off by far more on a downscaled box, so the comparison can tell them apart."""
+    ims, (x, hw) = _padded([(375, 500), (500, 333), (40, 50), (7, 300)], seed=size)
+    g = torch.Generator().manual_seed(size)
+    box = A.rrc_params(4, hw[:, 0], hw[:, 1], (0.08, 1.0), (3 / 4, 4 / 3), g)
+    out = A.area_resized_crop(x.float() / 255, *box, size)
+    for i in range(4):
+        b = [int(t[i]) for t in box]
+        ref8 = TF.resized_crop(ims[i], *b, [size, size], antialias=True)
+        ref = TF.resized_crop(ims[i].float() / 255, *b, [size, size], antialias=True)
+        _close(out[i], ref, atol=1e-5)
+        _close(out[i] * 255, ref8.float(), atol=1.05)
+    whole = [torch.tensor([v]) for v in (0, 0, 375, 500)]  # all of image 0 (375 x 500), downscaled
+    aa, plain = (f(x[:1].float() / 255, *whole, size) for f in (A.area_resized_crop, A.resized_crop))
+    _close(aa[0], TF.resized_crop(ims[0].float() / 255, 0, 0, 375, 500, [size, size], antialias=True), atol=1e-5)
+    assert (aa - plain).abs().max() > 0.1
 
 
 def test_augment_identity_spec_is_normalize_only_and_channels_last():
@@ -287,3 +328,27 @@ def test_cuda_matches_cpu_and_is_deterministic():
     o1 = aug(xb, torch.Generator(device="cuda").manual_seed(0))
     o2 = aug(xb, torch.Generator(device="cuda").manual_seed(0))
     assert all(a.is_cuda and torch.equal(a, b) for a, b in zip(o1, o2))
+
+
+def test_the_crop_of_a_padded_batch_never_makes_the_host_wait():
+    """Per-sample sizes, boxes and the antialiased crop of every view: no op that reads a device value on the host
+    (item, nonzero, boolean-mask indexing) and no shape that depends on the data, as CONVENTIONS.md asks of a step."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            bool_index = func.overloadpacket.__name__.startswith("index") and any(
+                getattr(a, "dtype", None) == torch.bool for a in (args[1] if len(args) > 1 and
+                                                                  isinstance(args[1], (list, tuple)) else []))
+            seen.append("bool_index" if bool_index else func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    _, (x, hw) = _padded([(75, 100), (100, 67), (60, 90)])
+    seen, img = [], x.float()
+    with Ops():
+        for size, scale in ((48, (0.4, 1.0)), (16, (0.05, 0.4))):
+            box = A.rrc_params(3, hw[:, 0], hw[:, 1], scale, (3 / 4, 4 / 3), torch.Generator().manual_seed(0))
+            out = A.area_resized_crop(img, *box, size)
+    assert out.shape == (3, 3, 16, 16) and len(seen) > 20
+    waits = {"_local_scalar_dense", "item", "nonzero", "masked_select", "is_nonzero", "bool_index", "unique"}
+    assert not waits & set(seen), sorted(waits & set(seen))

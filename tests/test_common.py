@@ -224,15 +224,59 @@ def test_batches_are_seeded_resumable_and_shared_out_by_rank(monkeypatch):
         assert all(torch.equal(s, e[128 * r:128 * (r + 1)]) for s, e in zip(shares, epoch))
 
 
-def test_imagefolder_large_images_use_loader_crops(tmp_path):
-    _write_folder(tmp_path, 160, split="test", fmt="jpg")
-    d = common.load_data("imagefolder", str(tmp_path), 0, "cpu")
-    assert d.large and d.image_size == 224
-    views = [common.ViewSpec(96)] * 2
-    crops, y, idx = next(d.ssl_batches(4, 0, 0, views))
-    assert [c.shape for c in crops] == [(4, 3, 96, 96)] * 2 and crops[0].dtype == torch.uint8
+def _write_large(root, corrupt=True):
+    """ImageNet-sized JPEGs (375 x 500 and 500 x 333), 2 classes; train/dog/1.jpg truncated if `corrupt`."""
+    rng = np.random.default_rng(0)
+    for s, n in (("train", 6), ("val", 2)):
+        for c in ("cat", "dog"):
+            (root / s / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = rng.integers(0, 255, (375, 500, 3) if i % 2 else (500, 333, 3), dtype=np.uint8)
+                Image.fromarray(img).save(root / s / c / f"{i}.jpg")
+    if corrupt:
+        data = (root / "train" / "dog" / "1.jpg").read_bytes()
+        (root / "train" / "dog" / "1.jpg").write_bytes(data[:len(data) // 3])
+    return root
+
+
+@pytest.mark.parametrize("decode", ["cpu", "gpu"])
+def test_imagefolder_large_images_are_only_decoded_by_the_workers(tmp_path, capsys, decode):
+    """Workers return decoded images (decode cpu) or the files' bytes (gpu: decoded by the device, here the CPU), padded
+    into one batch with their sizes; the corrupt file is replaced by a readable one and counted, in both paths; the
+    DataLoader and its workers persist across epochs; samples are numpy arrays."""
+    d = common.load_data("imagefolder", str(_write_large(tmp_path)), 0, "cpu", workers=2, decode=decode)
+    assert d.large and d.image_size == 224 and d.feed.persistent_workers and d.feed.num_workers == 2
+    paths, labels = d.files["ssl"]
+    assert isinstance(paths, np.ndarray) and paths.dtype.kind == "S" and labels.dtype == np.int64
+    bad = [i for i, p in enumerate(paths) if p.endswith(b"dog/1.jpg")][0]
+    seen = []
+    for epoch in range(2):
+        for (x, hw), y, idx in d.ssl_batches(4, epoch, 0):
+            assert x.dtype == torch.uint8 and x.shape[:2] == (4, 3) and tuple(x.shape[2:]) == tuple(hw.amax(0).tolist())
+            for k, i in enumerate(idx.tolist()):
+                seen.append(i)
+                h, w = hw[k].tolist()
+                assert x[k, :, h:].sum() == 0 and x[k, :, :, w:].sum() == 0  # zero padding
+                if i != bad:  # the image itself, as torchvision decodes it
+                    ref = torchvision.io.decode_image(torchvision.io.read_file(paths[i].decode()))
+                    assert torch.equal(x[k, :, :h, :w], ref) and y[k] == labels[i]
+                else:  # another readable image in its place
+                    assert (h, w) in ((375, 500), (500, 333)) and x[k].float().std() > 10
+        assert d.feed._iterator is not None  # kept for the next epoch
+        workers = d.feed._iterator._workers
+    assert sorted(seen) == sorted(list(range(12)) * 2) and d.unreadable == 2
+    full, resumed = list(d.ssl_batches(4, 1, 0)), list(d.ssl_batches(4, 1, 0, start=1))  # resume at batch 1
+    assert all(torch.equal(a[0][0], b[0][0]) and torch.equal(a[2], b[2]) for a, b in zip(full[1:], resumed))
+    assert d.feed._iterator._workers is workers  # the same worker processes in epoch 2
+    assert capsys.readouterr().err.count("warning: unreadable image") == 4
     x, _ = next(d.eval_batches("test"))
     assert x.shape == (4, 3, 224, 224)
+
+
+def test_large_images_are_shrunk_to_large_max_and_read_in_other_formats(tmp_path):
+    Image.fromarray(np.full((600, 1500, 3), 200, dtype=np.uint8)).save(tmp_path / "big.bmp")  # not a torchvision format
+    x = common.read_image(str(tmp_path / "big.bmp"), common.LARGE_MAX)
+    assert x.shape == (3, round(600 * 512 / 1500), 512) and (x.float() - 200).abs().max() < 1
 
 
 def test_medmnist_npz(tmp_path):

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 import common
+import dino_vit
 import mae
 import moco_v2
 import simclr
@@ -72,13 +73,15 @@ def test_missing_cifar_is_one_line(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------------- data
-def _folder(root, size, n=6, corrupt=None):
+def _folder(root, size, n=6, corrupt=None):  # size: side, or (height, width) of ImageNet-sized JPEGs
     rng = np.random.default_rng(0)
+    h, w = (size, size) if isinstance(size, int) else size
     for split, k in (("train", n), ("val", 2)):
         for c in ("cat", "dog"):
             (root / split / c).mkdir(parents=True, exist_ok=True)
             for i in range(k):
-                Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / split / c / f"{i}.jpg")
+                shape = (h, w, 3) if i % 2 else (w, h, 3)  # landscape and portrait: padded batches
+                Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(root / split / c / f"{i}.jpg")
     if corrupt:
         data = (root / "train" / "dog" / "1.jpg").read_bytes()
         (root / "train" / "dog" / "1.jpg").write_bytes(data[:len(data) // 3])  # truncated
@@ -99,11 +102,23 @@ def test_a_corrupt_image_of_a_decoded_once_folder_is_named_up_front(cli, tmp_pat
 
 
 def test_a_corrupt_image_of_a_streamed_folder_is_replaced_and_counted(cli, tmp_path):
-    _folder(tmp_path / "data", 100, corrupt=True)  # > 96 px: decoded by DataLoader workers while training
+    _folder(tmp_path / "data", (375, 500), corrupt=True)  # > 96 px: decoded by DataLoader workers while training
     code, out, err = cli(simclr, *TINY, "--dataset", "imagefolder", "--data-dir", tmp_path / "data", "--batch-size", 4,
-                         "--epochs", 1, "--proj-hidden-dim", 32)
+                         "--epochs", 1, "--proj-hidden-dim", 32, "--workers", 1)
     assert code == 0, err
     assert "warning: unreadable image" in err and "dog/1.jpg" in err and "kNN top-1" in out
+
+
+def test_dino_vit_multicrop_on_imagenet_sized_jpegs_decoded_on_the_device(cli, tmp_path):
+    """--decode gpu: the workers only read the files, the device (here the CPU) decodes them; the truncated JPEG fails
+    there, is replaced by another image of its batch and counted; 2 x 224 + 2 x 96 px views cut on the device."""
+    _folder(tmp_path / "data", (375, 500), corrupt=True)
+    code, out, err = cli(dino_vit, *TINY, "--backbone", "vit_tiny", "--dataset", "imagefolder", "--data-dir",
+                         tmp_path / "data", "--batch-size", 4, "--epochs", 1, "--decode", "gpu", "--workers", 1,
+                         "--num-local-crops", 2, "--local-crop-size", 96, "--patch-size", 32, "--num-prototypes", 64,
+                         "--proj-hidden-dim", 32, "--proj-output-dim", 16)
+    assert code == 0, err
+    assert err.count("warning: unreadable image") == 1 and "dog/1.jpg" in err and "kNN top-1" in out
 
 
 def test_a_patch_size_that_does_not_divide_the_images_is_one_line(cli, tmp_path):
