@@ -3,14 +3,19 @@ common.multicrop). On the training device, per-sample random parameters from a t
 torchvision's function on one image (tests/test_augment.py). Parameters are drawn for the global batch and each rank
 keeps its rows (shard = (rank, world size)), so several processes see exactly the views that one process would.
 Nothing asks the device for a value: a random op is computed on every sample and kept per sample (weights 0 or 1,
-never the selected samples' indices), so the host queues a view's kernels without waiting (tests/test_sync.py)."""
+never the selected samples' indices), so the host queues a view's kernels without waiting (tests/test_sync.py).
+Large images reach it undecoded or decoded but uncropped: read_image, decode_jpegs, pad_images, and ImageFiles /
+file_loader (DataLoader workers that only read or decode files; common.load_data builds them)."""
 import functools
 import math
+import os
+import signal
 from dataclasses import dataclass, replace
 from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+import torchvision
 
 Tensor = torch.Tensor
 
@@ -181,6 +186,52 @@ def decode_jpegs(blobs: Sequence[Tensor], device, max_side: int):
     src = [next((j % n for j in range(i, i + n) if ok[j % n]), i) for i in range(n)]
     blank = torch.zeros(3, 1, 1, dtype=torch.uint8, device=device)  # no file of the batch decodes
     return pad_images([blank if imgs[j] is None else shrink(imgs[j], max_side) for j in src]), src, ok
+
+
+# ---- image files: DataLoader workers read or decode, the device crops
+LARGE_MAX = 512  # a large image's longer side is shrunk to this before padding (bounded batch memory)
+
+
+def _quiet_worker(_):  # DataLoader workers leave SIGINT / SIGTERM to the main process, which saves and stops
+    signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Image files (paths, labels) read by DataLoader workers: "bytes" (the device decodes them), "decode" (read_image:
+    uint8 (3, H, W), longer side <= LARGE_MAX), "small" (resized whole) or "eval" (resize + center crop). An unreadable
+    file is replaced by the next readable one ("small": not), and `ok` = False tells the main process."""
+
+    def __init__(self, files, size: int, mode: str):
+        (self.paths, self.labels), self.size, self.mode = files, size, mode
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        import torchvision.transforms.v2.functional as TF
+        for j in [i] if self.mode == "small" else [(i + k) % len(self) for k in range(10)]:
+            path = os.fsdecode(self.paths[j])
+            try:
+                x = (torchvision.io.read_file(path) if self.mode == "bytes" else
+                     read_image(path, LARGE_MAX if self.mode == "decode" else 0))
+            except (OSError, ValueError, SyntaxError, RuntimeError):  # truncated, corrupt or not an image
+                continue
+            x = (x if self.mode in ("bytes", "decode") else TF.resize(x, [self.size] * 2) if self.mode == "small" else
+                 TF.center_crop(TF.resize(x, round(self.size * 8 / 7)), self.size))
+            return x, int(self.labels[j]), i, j == i
+        return torch.zeros(3, self.size or 1, self.size or 1, dtype=torch.uint8), -1, i, False
+
+    def collate(self, batch):  # in the worker: one padded batch ("decode"); all bytes in one tensor + lengths ("bytes")
+        x, y, idx, ok = zip(*batch)
+        x = (pad_images(x) if self.mode == "decode" else torch.utils.data.default_collate(x) if self.mode != "bytes"
+             else (torch.cat([b.view(-1) for b in x]), torch.tensor([b.numel() for b in x])))
+        return x, torch.tensor(y), torch.tensor(idx), torch.tensor(ok)
+
+
+def file_loader(dataset, batch_sampler, workers: int, persistent: bool = False):  # each worker prefetches 2 batches
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, persistent_workers=
+                                       persistent, collate_fn=dataset.collate, pin_memory=torch.cuda.is_available(),
+                                       worker_init_fn=_quiet_worker)
 
 
 def _gray(x: Tensor) -> Tensor:  # luma 0.2989 R + 0.587 G + 0.114 B, (B, 1, H, W)

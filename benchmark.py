@@ -239,7 +239,7 @@ def bench_data(args: Args, device: torch.device):
     for label, mode in (("workers decode (torchvision) and pad; crops on the device", "decode"),
                         ("--decode gpu: workers read the files; decode and crops on the device", "bytes")):
         files = (np.array([os.fsencode(p) for p in paths]), np.zeros(len(paths), dtype=np.int64))
-        ds = common._Decoded(files, 0, mode)
+        ds = common.ImageFiles(files, 0, mode)
         rate = _images_per_sec(ds, w, ds.collate) / w
         rows.append((label, rate * 2, rate * 12))
     for how in ("pil", "torchvision"):

@@ -30,7 +30,8 @@ try:  # the slow imports (seconds; method files import common first): Ctrl-C mea
     import tyro
 
     import estimators
-    from augment import Augment, ViewSpec, decode_jpegs, multicrop, pad_images, read_image  # noqa: F401  (common.X)
+    from augment import (LARGE_MAX, Augment, ImageFiles, ViewSpec, decode_jpegs, file_loader, multicrop,  # noqa: F401
+                         pad_images, read_image)  # method files use them as common.X
     from backbones import VIT_SIZES, TinyResNet, ViT, build_backbone, default_patch, mlp  # noqa: F401  (likewise)
 except KeyboardInterrupt:
     sys.exit(130)
@@ -68,8 +69,7 @@ def cli(main, args_cls):
     except KeyboardInterrupt:
         print("interrupted: nothing saved since the last checkpoint", file=sys.stderr)
         sys.exit(130)
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    dist.destroy_process_group() if dist.is_initialized() else None
 
 # --------------------------------------------------------------------------------------------- several processes
 def rank() -> int:
@@ -130,7 +130,7 @@ def broadcast_(*tensors: Tensor):  # rank 0's values of these tensors on every r
 CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
                "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-SMALL_MAX, LARGE_MAX = 96, 512  # images up to 96 px are decoded once onto the device; above, longer side <= 512 px
+SMALL_MAX = 96  # images up to 96 px are decoded once onto the device; above: read by `feed` (LARGE_MAX px)
 
 def make_synthetic(n: int, seed: int, size: int = 32, num_classes: int = 10):
     """Ten texture classes (stripes, checkers, rings, squares, blobs, grids...), random phase, position and palette
@@ -190,48 +190,9 @@ def _folder_samples(root: Path):  # ((paths, labels), classes) of an ImageFolder
         raise UserError(f"{root}: no images in an ImageFolder layout ({str(e).splitlines()[0][:100]}).") from None
     return (np.array([os.fsencode(p) for p, _ in samples]), np.array([c for _, c in samples], dtype=np.int64)), classes
 
-def _quiet_worker(_):  # DataLoader workers leave SIGINT / SIGTERM to the main process, which saves and stops
-    signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-class _Decoded(torch.utils.data.Dataset):
-    """Image files (paths, labels) read by DataLoader workers: "bytes" (the device decodes them), "decode" (read_image:
-    uint8 (3, H, W), longer side <= LARGE_MAX), "small" (resized whole) or "eval" (resize + center crop). An unreadable
-    file is replaced by the next readable one ("small": not), and `ok` = False tells the main process."""
-
-    def __init__(self, files, size: int, mode: str):
-        (self.paths, self.labels), self.size, self.mode = files, size, mode
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        import torchvision.transforms.v2.functional as TF
-        for j in [i] if self.mode == "small" else [(i + k) % len(self) for k in range(10)]:
-            path = os.fsdecode(self.paths[j])
-            try:
-                x = (torchvision.io.read_file(path) if self.mode == "bytes" else
-                     read_image(path, LARGE_MAX if self.mode == "decode" else 0))
-            except (OSError, ValueError, SyntaxError, RuntimeError):  # truncated, corrupt or not an image
-                continue
-            x = (x if self.mode in ("bytes", "decode") else TF.resize(x, [self.size] * 2) if self.mode == "small" else
-                 TF.center_crop(TF.resize(x, round(self.size * 8 / 7)), self.size))
-            return x, int(self.labels[j]), i, j == i
-        return torch.zeros(3, self.size or 1, self.size or 1, dtype=torch.uint8), -1, i, False
-
-    def collate(self, batch):  # in the worker: one padded batch ("decode"); all bytes in one tensor + lengths ("bytes")
-        x, y, idx, ok = zip(*batch)
-        x = (pad_images(x) if self.mode == "decode" else torch.utils.data.default_collate(x) if self.mode != "bytes"
-             else (torch.cat([b.view(-1) for b in x]), torch.tensor([b.numel() for b in x])))
-        return x, torch.tensor(y), torch.tensor(idx), torch.tensor(ok)
-
-def _loader(dataset, batch_sampler, workers: int, persistent: bool = False):  # each worker prefetches 2 batches
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, persistent_workers=
-                                       persistent, collate_fn=dataset.collate, pin_memory=torch.cuda.is_available(),
-                                       worker_init_fn=_quiet_worker)
-
 def _decode_all(files, size, workers):  # small images, decoded once: uint8 (N, 3, size, size), labels; bad: refused
     chunks = [range(k, min(k + 512, len(files[0]))) for k in range(0, len(files[0]), 512)]
-    parts = list(_loader(_Decoded(files, size, "small"), chunks, workers))
+    parts = list(file_loader(ImageFiles(files, size, "small"), chunks, workers))
     bad = [os.fsdecode(files[0][i]) for _, _, idx, ok in parts for i in idx[~ok].tolist()]
     if bad:
         raise UserError(f"{len(bad)} unreadable image file(s), e.g. {', '.join(bad[:3])}; remove or replace them.")
@@ -287,9 +248,9 @@ class Data:
             x, y = self.splits[split]
             yield from ((x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size))
             return
-        n = len(self.files[split][0])
+        n, files = len(self.files[split][0]), ImageFiles(self.files[split], self.image_size, "eval")
         sampler = [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-        for x, y, _, _ in _loader(_Decoded(self.files[split], self.image_size, "eval"), sampler, self.feed.num_workers):
+        for x, y, _, _ in file_loader(files, sampler, self.feed.num_workers):
             yield x.to(self.device, non_blocking=True), y.to(self.device)
 
 def load_data(name: str, data_dir: str, seed: int, device, workers: int = 0, decode: Decoder = "cpu") -> Data:
@@ -328,7 +289,7 @@ def load_data(name: str, data_dir: str, seed: int, device, workers: int = 0, dec
         except (OSError, RuntimeError) as e:
             raise UserError(f"unreadable image {os.fsdecode(train[0][0])} ({type(e).__name__}); remove it.") from None
         if size > SMALL_MAX or name == "imagenet100":  # at exit, feed's workers stop before multiprocessing's SIGTERM
-            feed = _loader(_Decoded(train, 0, "bytes" if decode == "gpu" else "decode"), [], workers, True)  # (ignored)
+            feed = file_loader(ImageFiles(train, 0, "bytes" if decode == "gpu" else "decode"), [], workers, True)
             atexit.register(lambda: feed._iterator and feed._iterator._shutdown_workers())
             d = Data(name, len(classes), 224, *IMAGENET_STATS, files=dict(ssl=train, train=train, test=test), feed=feed)
         else:
@@ -576,8 +537,8 @@ class Run:
         self.step_count = self.epoch = self.start_epoch = self.start_batch = self.batch_in_epoch = self._views = 0
         self.done = self.resumed_mid_epoch = False
         self.writer = self.views = self.last_ckpt = self._signal = self._grid = self._embedding = None
-        self.results, self._pending, self.kept, self._tick, self._printed = {}, [], [], time.time(), 0.0  # kept: saved
-        self._saved = time.time()
+        self.results, self._pending, self.kept, self._printed = {}, [], [], 0.0  # kept: the files saved so far
+        self._tick = self._saved = time.time()
         self.print(f"[{method}] {a.dataset}: {len(self.data)} training images of {self.data.image_size}px, "
                    f"{self.data.num_classes} classes; {a.backbone} on {self.device} ({prec})"
                    f"{f' x {self.world} processes' if self.world > 1 else ''}; {self.steps_per_epoch} steps/epoch, "
@@ -647,7 +608,8 @@ class Run:
         parts = [m for c in model.children() for m in [c, *(c if isinstance(c, nn.Sequential) else [])]]
         for m in {*parts, *(m for m in model.modules() if isinstance(m, (torchvision.models.ResNet, TinyResNet, ViT)))}:
             m.compile() if self.args.compile else None
-        torch._dynamo.config.recompile_limit = 64  # all compiled modules share one cache (Module._call_impl's): not 8
+        if self.args.compile:  # (dynamo: seconds to import) the compiled modules share one cache: 64 entries, not 8
+            torch._dynamo.config.recompile_limit = 64
         return model
 
     def track(self, model: nn.Module, optimizers, backbones: dict, probe: OnlineProbe, branches=None):
