@@ -75,6 +75,7 @@ QUICK_FINETUNE=1  # --quick: MAE's fine-tuning epochs (the paper evaluates MAE b
 quick_recipe() {  # --quick only: the flags that make a few CPU minutes teach; the rest is the method's own recipe.
   case "$1" in    # Where each comes from is in the README (run_all.sh, --quick); a search at this budget decides.
     simclr) echo "--optimizer adamw --lr 2e-3 --weight-decay 1e-6 --proj-bn" ;;  # the ten-minute CPU recipe
+    barlow_twins|byol|simsiam|sdmi) echo "--optimizer adamw --lr 2e-3 --weight-decay 1e-6" ;;  # README: quick search
     dino_vit) echo "--num-local-crops 2" ;;  # the README's CPU runs of the ViT family
     ibot) echo "--num-local-crops 2 --proj-hidden-dim 1024 --out-dim 1024" ;;  # the same
     mae) echo "--lr 1.5e-3 --decoder-dim 128 --decoder-depth 2 --decoder-heads 4 --finetune-epochs $QUICK_FINETUNE" ;;
