@@ -128,7 +128,6 @@ def area_resized_crop(x: Tensor, top: Tensor, left: Tensor, h: Tensor, w: Tensor
 def read_image(path: str, max_side: int = 0) -> Tensor:
     """An image file -> uint8 (3, H, W) RGB, shrunk to max_side (0: as is). torchvision's decoders (JPEG, PNG, WebP,
     GIF; faster than PIL's: benchmark.py --part data), PIL for other formats (BMP, TIFF...). Corrupt: an error."""
-    import torchvision
     try:
         x = torchvision.io.decode_image(torchvision.io.read_file(path), mode=torchvision.io.ImageReadMode.RGB)
     except RuntimeError:  # a format torchvision does not decode; a corrupt file raises OSError in PIL
@@ -168,7 +167,6 @@ def decode_jpegs(blobs: Sequence[Tensor], device, max_side: int):
     torchvision decode_jpeg (nvJPEG on a GPU); a file it cannot decode is tried with torchvision's CPU decoder (PNG,
     CMYK JPEG...), and one that no decoder reads is replaced by the next decoded image of the batch: image i is file
     src[i], decoded[i] = False. Images are shrunk to max_side (shrink) before padding."""
-    import torchvision
     rgb = torchvision.io.ImageReadMode.RGB
     try:
         imgs = torchvision.io.decode_jpeg(list(blobs), mode=rgb, device=device)
