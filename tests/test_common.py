@@ -273,6 +273,23 @@ def test_imagefolder_large_images_are_only_decoded_by_the_workers(tmp_path, caps
     assert x.shape == (4, 3, 224, 224)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_decode_jpegs_on_cuda_is_nvjpeg_close_to_the_cpu_decoder_and_replaces_a_bad_file(tmp_path):
+    """--decode gpu on a GPU: one batched nvJPEG decode gives the CPU decoder's pixels up to the IDCT's rounding (mean
+    absolute difference < 1 level of 255, max <= 16); the truncated file is replaced by the next image of the batch."""
+    root = _write_large(tmp_path)
+    files = sorted((root / "train").glob("*/*.jpg"))
+    blobs = [torchvision.io.read_file(str(f)) for f in files]
+    bad = files.index(root / "train" / "dog" / "1.jpg")
+    for blobs_, has_bad in ((blobs[:bad] + blobs[bad + 1:], False), (blobs, True)):
+        (x, hw), src, ok = common.decode_jpegs(blobs_, "cuda", common.LARGE_MAX)
+        (xc, hwc), srcc, okc = common.decode_jpegs(blobs_, "cpu", common.LARGE_MAX)
+        assert x.is_cuda and x.dtype == torch.uint8 and torch.equal(hw.cpu(), hwc.cpu()) and src == srcc
+        d = (x.cpu().float() - xc.float()).abs()
+        assert d.mean() < 1.0 and d.max() <= 16, (d.mean(), d.max())
+        assert ok == okc and (not has_bad or (ok.count(False) == 1 and src[bad] != bad))
+
+
 def test_large_images_are_shrunk_to_large_max_and_read_in_other_formats(tmp_path):
     Image.fromarray(np.full((600, 1500, 3), 200, dtype=np.uint8)).save(tmp_path / "big.bmp")  # not a torchvision format
     x = common.read_image(str(tmp_path / "big.bmp"), common.LARGE_MAX)

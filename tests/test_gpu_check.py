@@ -55,10 +55,12 @@ def test_gpu_check_tiny_writes_a_row_per_part(tmp_path):
     assert b["status"] == "measured" and "c10.zip, 160 training images" in b["data"], b
     assert b["steps"] == 5 * b["epochs"] and b["epoch_s"] > 0 and 0 <= b["knn_top1"] <= 100
     assert "not judged" in b["goal"]
-    # (c): the step alone and the script on generated large JPEGs through the large-image loader
-    alone, loader = rep["c"]
-    assert all(number_or_reason(r["views_per_sec"]) for r in (alone, loader)), rep["c"]
-    assert alone["gflops_per_view"] > 0 and loader["of_step_alone"] > 0
+    # (c): the step alone and the script on generated large JPEGs through the large-image loader, decoded by the
+    # workers and by the device
+    alone, *loaders = rep["c"]
+    assert all(number_or_reason(r["views_per_sec"]) for r in (alone, *loaders)), rep["c"]
+    assert alone["gflops_per_view"] > 0 and all(r["of_step_alone"] > 0 for r in loaders)
+    assert ["--decode cpu" in loaders[0]["what"], "--decode gpu" in loaders[1]["what"]] == [True, True]
     for title in ("## (a)", "## (b)", "## (c)", "| simclr | tiny | off |", "| knn_top1 |", "| step alone"):
         assert title in md, title
 

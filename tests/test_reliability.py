@@ -109,12 +109,16 @@ def test_a_corrupt_image_of_a_streamed_folder_is_replaced_and_counted(cli, tmp_p
     assert "warning: unreadable image" in err and "dog/1.jpg" in err and "kNN top-1" in out
 
 
-def test_dino_vit_multicrop_on_imagenet_sized_jpegs_decoded_on_the_device(cli, tmp_path):
-    """--decode gpu: the workers only read the files, the device (here the CPU) decodes them; the truncated JPEG fails
-    there, is replaced by another image of its batch and counted; 2 x 224 + 2 x 96 px views cut on the device."""
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_dino_vit_multicrop_on_imagenet_sized_jpegs_decoded_on_the_device(cli, tmp_path, device):
+    """--decode gpu: the workers only read the files, the device (the CPU in CI; nvJPEG on a GPU) decodes them; the
+    truncated JPEG fails there, is replaced by another image of its batch and counted; 2 x 224 + 2 x 96 px views cut
+    on the device."""
     _folder(tmp_path / "data", (375, 500), corrupt=True)
     code, out, err = cli(dino_vit, *TINY, "--backbone", "vit_tiny", "--dataset", "imagefolder", "--data-dir",
                          tmp_path / "data", "--batch-size", 4, "--epochs", 1, "--decode", "gpu", "--workers", 1,
+                         "--device", device,
                          "--num-local-crops", 2, "--local-crop-size", 96, "--patch-size", 32, "--num-prototypes", 64,
                          "--proj-hidden-dim", 32, "--proj-output-dim", 16)
     assert code == 0, err
