@@ -10,7 +10,10 @@ is `capturable` (then they live on the device), so reading them never waits for 
 identity: `_local_scalar_dense` of exactly a tensor that is some optimizer's state["step"] in a param group without
 capturable; any other `_local_scalar_dense` counts. Not visible on the CPU (no op is dispatched for them): `.cpu()`,
 `.tolist()`, `.numpy()` of device tensors and host-to-device copies such as torch.tensor(list, device=...); the per-step
-code has none (reviewed), and on a CUDA machine the last test checks them with torch.cuda.set_sync_debug_mode."""
+code has none (reviewed), and on a CUDA machine the last test checks them with torch.cuda.set_sync_debug_mode.
+index_fill / masked_fill with a tensor value read it on the host on CUDA (C++ .item(), invisible here), so they count
+whatever the value's device (on a GPU a CPU-scalar value would not wait; the CPU run cannot tell): the first H100 run of
+the last test found one, torch.trace's backward in AdaDim's Renyi-2 MI, which these lines missed until then."""
 import traceback
 
 import pytest
@@ -71,6 +74,8 @@ class SyncCounter(TorchDispatchMode):
             return any(t is not None and t.dtype in (torch.bool, torch.uint8) for t in args[1])
         if name == "repeat_interleave":  # the int-repeats overload decomposes into expand (no sync)
             return kwargs.get("output_size") is None
+        if name in ("index_fill", "index_fill_", "masked_fill", "masked_fill_"):  # a 0-dim tensor value: CUDA's kernel
+            return torch.is_tensor(args[-1])  # reads it with .item() (the backward of torch.trace does this)
         return name in SIZE_OPS
 
     def open(self, run: common.Run):
