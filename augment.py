@@ -136,6 +136,17 @@ def read_image(path: str, max_side: int = 0) -> Tensor:
     return shrink(x, max_side)
 
 
+def read_jpeg_bytes(path: str) -> Tensor:
+    """A file's bytes as a uint8 1-D tensor for the device to decode (--decode gpu). A truncated JPEG (no end-of-image
+    marker after its last start-of-scan) is an error here: nvJPEG decoded one without an error on an H100 (torch 2.11,
+    2026-12-06) where torchvision's CPU decoder raises, so the workers catch it, for both devices."""
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    if data[:2] == b"\xff\xd8" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+        raise ValueError(f"{path}: truncated JPEG (no end-of-image marker after its last scan)")
+    return torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+
+
 def shrink(x: Tensor, max_side: int) -> Tensor:
     """uint8 image (3, H, W) with its longer side shrunk to max_side (antialiased bilinear); unchanged if it fits or
     max_side is 0."""
@@ -210,7 +221,7 @@ class ImageFiles(torch.utils.data.Dataset):
         for j in [i] if self.mode == "small" else [(i + k) % len(self) for k in range(10)]:
             path = os.fsdecode(self.paths[j])
             try:
-                x = (torchvision.io.read_file(path) if self.mode == "bytes" else
+                x = (read_jpeg_bytes(path) if self.mode == "bytes" else
                      read_image(path, LARGE_MAX if self.mode == "decode" else 0))
             except (OSError, ValueError, SyntaxError, RuntimeError):  # truncated, corrupt or not an image
                 continue

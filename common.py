@@ -31,7 +31,7 @@ try:  # the slow imports (seconds; method files import common first): Ctrl-C mea
 
     import estimators
     from augment import (LARGE_MAX, Augment, ImageFiles, ViewSpec, decode_jpegs, file_loader, multicrop,  # noqa: F401
-                         pad_images, read_image)  # method files use them as common.X
+                         pad_images, read_image, read_jpeg_bytes)  # method files use them as common.X
     from backbones import VIT_SIZES, TinyResNet, ViT, build_backbone, default_patch, mlp  # noqa: F401  (likewise)
 except KeyboardInterrupt:
     sys.exit(130)
