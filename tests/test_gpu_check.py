@@ -88,3 +88,16 @@ def test_gpu_check_skips_what_the_budget_leaves_no_room_for_and_stops_a_child_at
     with pytest.raises(RuntimeError, match="stopped after 6 s"):
         c.run([sys.executable, "-c", "import time; time.sleep(60)"])
     assert time.time() - t < 20
+
+
+def test_gpu_check_times_every_method_asked_for_without_simclr_too(tmp_path, monkeypatch):
+    """--methods without SimCLR: every method gets its (a) row (the first H100 run skipped the first of the list)."""
+    import benchmark
+    timed = []
+    monkeypatch.setattr(benchmark, "a_timed", lambda c, m, compiled: timed.append(m) or {"method": m, "compile": compiled,
+                                                                                         "views_per_sec": 1.0})
+    monkeypatch.setattr(benchmark, "a_counts", lambda c, m: {"gflops_per_view": 1.0, "syncs_per_step": 0})
+    benchmark.gpu_check(benchmark.Args(part="gpu-check", device="cpu", methods=["moco_v3", "nnclr", "sdmi"],
+                                       checks=["a"], out=str(tmp_path / "out")))
+    assert timed == ["moco_v3", "nnclr", "sdmi"]
+    assert [r["method"] for r in json.loads((tmp_path / "out" / "report.json").read_text())["a"]] == timed
