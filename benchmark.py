@@ -701,9 +701,19 @@ def gpu_check(args: Args):
         parts = [("compile" if r.get("compile") else "a", r) for r in report["a"]] + [("b", report["b"])] + [
             ("c", r) for r in report["c"]]
         left = sorted({p for p, r in parts if "skipped: time budget" in json.dumps(r)})
-        report["rerun"] = f"{' '.join(sys.argv)} --checks {' '.join(left)}  # what the budget left out" if left else ""
+        report["rerun"] = (f"{' '.join(without_checks(sys.argv))} --checks {' '.join(left)}  # what the budget left out"
+                           if left else "")
         save()
     print((out / "report.md").read_text())
+
+
+def without_checks(argv: List[str]) -> List[str]:
+    """A command line without its --checks and their values (the rerun line gives its own)."""
+    out, skip = [], False
+    for a in argv:
+        skip = a == "--checks" or (skip and not a.startswith("--"))
+        out += [] if skip or a.startswith("--checks=") else [a]
+    return out
 
 
 def cell(v, spec: str = ",.0f") -> str:

@@ -101,3 +101,10 @@ def test_gpu_check_times_every_method_asked_for_without_simclr_too(tmp_path, mon
                                        checks=["a"], out=str(tmp_path / "out")))
     assert timed == ["moco_v3", "nnclr", "sdmi"]
     assert [r["method"] for r in json.loads((tmp_path / "out" / "report.json").read_text())["a"]] == timed
+
+
+def test_the_rerun_line_replaces_the_commands_own_checks():
+    import benchmark
+    assert benchmark.without_checks(["benchmark.py", "--part", "gpu-check", "--checks", "a", "c", "--methods", "byol"]) == [
+        "benchmark.py", "--part", "gpu-check", "--methods", "byol"]
+    assert benchmark.without_checks(["benchmark.py", "--checks=a", "--out", "d"]) == ["benchmark.py", "--out", "d"]
