@@ -10,6 +10,7 @@ import functools
 import math
 import os
 import signal
+import time
 from dataclasses import dataclass, replace
 from typing import List, Sequence, Tuple
 
@@ -158,18 +159,22 @@ def shrink(x: Tensor, max_side: int) -> Tensor:
     return y.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def pad_images(images: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
+def pad_images(images: Sequence[Tensor], storage=None) -> Tuple[Tensor, Tensor]:
     """uint8 images (3, H_i, W_i) -> one zero-padded uint8 batch (B, 3, max H, max W) and their sizes (B, 2), long:
     Augment's input for images of different sizes. Channels-last memory (B, H, W, 3), as decoders write pixels: whole
-    rows are copied; in a DataLoader worker, straight into shared memory (as its default collate does)."""
+    rows are copied; in a DataLoader worker, straight into shared memory (as its default collate does), or into
+    `storage(nbytes)`: a shared storage of at least that size that the worker reuses (ImageFiles)."""
     hw = torch.tensor([x.shape[1:] for x in images], dtype=torch.long)
     shape, dev = (len(images), *hw.amax(0).tolist(), 3), images[0].device
     shared = dev.type == "cpu" and torch.utils.data.get_worker_info() is not None
-    out = (torch.empty(0, dtype=torch.uint8).new(torch.UntypedStorage._new_shared(math.prod(shape))).view(shape)
-           if shared else torch.empty(shape, dtype=torch.uint8, device=dev))
-    for o, x in zip(out, images):
-        h, w = x.shape[1:]
-        o[:h, :w], o[h:], o[:h, w:] = x.permute(1, 2, 0), 0, 0
+    st = (storage or torch.UntypedStorage._new_shared)(math.prod(shape)) if shared else None
+    out = (torch.empty(0, dtype=torch.uint8).new(st)[:math.prod(shape)].view(shape) if shared else
+           torch.empty(shape, dtype=torch.uint8, device=dev))
+    for o, x in zip(out, images):  # the padding is zeroed only where an image leaves some (a reused buffer is dirty)
+        (h, w), (H, W) = x.shape[1:], o.shape[:2]
+        o[:h, :w] = x.permute(1, 2, 0)
+        o[h:].zero_() if h < H else None
+        o[:h, w:].zero_() if w < W else None
     return out.permute(0, 3, 1, 2), hw.to(dev, non_blocking=True)
 
 
@@ -203,15 +208,71 @@ LARGE_MAX = 512  # a large image's longer side is shrunk to this before padding 
 
 def _quiet_worker(_):  # DataLoader workers leave SIGINT / SIGTERM to the main process, which saves and stops
     signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _keep_freed_memory()
+
+
+def _keep_freed_memory():
+    """glibc's malloc in a worker: keep freed memory for the next batch (no trimming, decoded images on the heap)
+    instead of handing it back to the OS and page-faulting it in again for every image (~0.5 ms per 500x375 image:
+    benchmark.py --part data). The worker's memory stays at its largest batch. Other C libraries: left as they are."""
+    import ctypes
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-1, 1 << 30), libc.mallopt(-3, 32 << 20)  # M_TRIM_THRESHOLD 1 GiB, M_MMAP_THRESHOLD 32 MiB
+    except (OSError, AttributeError):
+        pass
+
+
+RING = 4  # padded batches a worker writes in turn, reusing their shared memory (it prefetches 2, the loop holds 1)
+MAX_WORKERS = 256
+_USE_COUNT = getattr(torch._C, "_storage_Use_Count", None)  # references to a storage (its tensors, views, wrappers)
 
 
 class ImageFiles(torch.utils.data.Dataset):
     """Image files (paths, labels) read by DataLoader workers: "bytes" (the device decodes them), "decode" (read_image:
     uint8 (3, H, W), longer side <= LARGE_MAX), "small" (resized whole) or "eval" (resize + center crop). An unreadable
-    file is replaced by the next readable one ("small": not), and `ok` = False tells the main process."""
+    file is replaced by the next readable one ("small": not), and `ok` = False tells the main process.
+
+    "decode": a worker pads its batches into RING shared-memory buffers in turn instead of a new one each batch: the
+    first write to fresh memory (page faults) costs a third as much as decoding (benchmark.py --part data). Its
+    k-th batch reuses buffer k % RING once the main process holds no tensor of its batches before k - RING + 1
+    (`taken`, in shared memory, written by `received`: the main process counts the references to each batch's memory,
+    or copies it when torch cannot count them; with CUDA the pin-memory thread copies every batch anyway). A worker
+    that finds no free buffer after 20 ms, or whose main process never calls `received`, takes a new one (`fresh`
+    counts them): a buffer that the main process may still read is never written."""
 
     def __init__(self, files, size: int, mode: str):
         (self.paths, self.labels), self.size, self.mode = files, size, mode
+        decode = mode == "decode"
+        self.taken, self.fresh = (torch.zeros(n, dtype=torch.long).share_memory_() if decode else None
+                                  for n in (MAX_WORKERS, 1))
+        self.ring, self.made, self.held = [None] * RING, 0, {}  # worker: its buffers, batches; main: batches held
+
+    def _buffer(self, w: int, k: int, nbytes: int):  # in worker w: the shared storage for its k-th batch
+        t = time.monotonic()
+        while self.taken[w] < k - RING + 1 and time.monotonic() - t < 0.02:
+            time.sleep(0.0005)
+        st = self.ring[k % RING]
+        if self.taken[w] < k - RING + 1 or st is None or st.nbytes() < nbytes:  # not free, or too small
+            st = self.ring[k % RING] = torch.UntypedStorage._new_shared(max(nbytes, st.nbytes() if st else 0))
+            self.fresh += 1
+        return st
+
+    def received(self, batch):  # in the main process: ((x, hw, ticket), y, idx, ok) -> ((x, hw), y, idx, ok)
+        if self.mode != "decode":
+            return batch
+        (x, hw, (w, k)), *rest = batch
+        w, k = int(w), int(k)
+        if w < 0:  # collated in the main process (no workers): not shared
+            return ((x, hw), *rest)
+        if x.is_pinned() or _USE_COUNT is None:  # a copy (the pin-memory thread's, or ours): the buffer is free
+            x = x if x.is_pinned() else x.clone()
+            self.taken[w] = max(int(self.taken[w]), k + 1)
+            return ((x, hw), *rest)
+        held = [(st, j) for st, j in self.held.get(w, []) if _USE_COUNT(st._cdata) > 1] + [(x.untyped_storage(), k)]
+        self.held[w] = held  # batches of worker w that something in this process still uses (this one included)
+        self.taken[w] = min(j for _, j in held)
+        return ((x, hw), *rest)
 
     def __len__(self):
         return len(self.paths)
@@ -232,12 +293,19 @@ class ImageFiles(torch.utils.data.Dataset):
 
     def collate(self, batch):  # in the worker: one padded batch ("decode"); all bytes in one tensor + lengths ("bytes")
         x, y, idx, ok = zip(*batch)
-        x = (pad_images(x) if self.mode == "decode" else torch.utils.data.default_collate(x) if self.mode != "bytes"
-             else (torch.cat([b.view(-1) for b in x]), torch.tensor([b.numel() for b in x])))
+        if self.mode == "decode":  # ticket (worker, its batch number); (-1, -1) from the main process
+            info = torch.utils.data.get_worker_info()
+            w, k = (info.id % MAX_WORKERS, self.made) if info else (-1, -1)
+            self.made += 1
+            x = (*pad_images(x, functools.partial(self._buffer, w, k) if info else None), torch.tensor([w, k]))
+        else:
+            x = (torch.utils.data.default_collate(x) if self.mode != "bytes" else
+                 (torch.cat([b.view(-1) for b in x]), torch.tensor([b.numel() for b in x])))
         return x, torch.tensor(y), torch.tensor(idx), torch.tensor(ok)
 
 
 def file_loader(dataset, batch_sampler, workers: int, persistent: bool = False):  # each worker prefetches 2 batches
+    dataset.taken.zero_() if getattr(dataset, "taken", None) is not None else None  # new workers count from 0
     return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, persistent_workers=
                                        persistent, collate_fn=dataset.collate, pin_memory=torch.cuda.is_available(),
                                        worker_init_fn=_quiet_worker)

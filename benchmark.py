@@ -213,15 +213,16 @@ class _Files(torch.utils.data.Dataset):
         return [T.functional.pil_to_tensor(T.RandomResizedCrop(v.size, v.scale, v.ratio)(img)) for v in self.views]
 
 
-def _images_per_sec(dataset, workers: int, collate) -> float:
-    """Images/s of a DataLoader (batches of 32, persistent workers) over 2 passes, after one pass to start up."""
+def _images_per_sec(dataset, workers: int, collate, take=lambda b: b) -> float:
+    """Images/s of a DataLoader (batches of 32, persistent workers) over 2 passes, after one pass to start up; `take`:
+    what the main process does with each batch (ImageFiles.received, as common.Data does)."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=32, num_workers=workers, collate_fn=collate,
                                          persistent_workers=True)
-    for _ in loader:
+    for _ in map(take, loader):
         pass
     t = time.perf_counter()
     for _ in range(2):
-        for _ in loader:
+        for _ in map(take, loader):
             pass
     return 2 * len(dataset) / (time.perf_counter() - t)
 
@@ -241,7 +242,7 @@ def bench_data(args: Args, device: torch.device):
                         ("--decode gpu: workers read the files; decode and crops on the device", "bytes")):
         files = (np.array([os.fsencode(p) for p in paths]), np.zeros(len(paths), dtype=np.int64))
         ds = common.ImageFiles(files, 0, mode)
-        rate = _images_per_sec(ds, w, ds.collate) / w
+        rate = _images_per_sec(ds, w, ds.collate, ds.received) / w
         rows.append((label, rate * 2, rate * 12))
     for how in ("pil", "torchvision"):
         rate = _images_per_sec(_Files(paths, how), w, len) / w  # the images stay in the worker: decoding only

@@ -233,7 +233,7 @@ class Data:
             yield from ((x[idx], y[idx], idx) for idx in shares)
             return
         self.feed.batch_sampler[:], dev = shares, self.device  # read at each iter(feed): one epoch at a time
-        for x, y, idx, ok in self.feed:
+        for x, y, idx, ok in map(self.feed.dataset.received, self.feed):  # a copy of a worker's reused buffer
             if self.feed.dataset.mode == "bytes":  # --decode gpu: a file the device cannot decode is replaced
                 x, src, decoded = decode_jpegs(x[0].split(x[1].tolist()), dev, LARGE_MAX)
                 y, ok = y[src], ok & torch.tensor(decoded)

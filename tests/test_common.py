@@ -273,6 +273,27 @@ def test_imagefolder_large_images_are_only_decoded_by_the_workers(tmp_path, caps
     assert x.shape == (4, 3, 224, 224)
 
 
+def test_decode_workers_reuse_their_shared_buffers_and_never_write_into_a_held_batch(tmp_path):
+    """A worker pads its batches into RING shared buffers in turn (page faults of fresh memory cost a third of the
+    decoding), reusing one only when the main process holds no tensor of it: a training loop lets it reuse them; a
+    consumer that keeps every batch gets new ones, and its batches keep their pixels."""
+    from augment import RING
+    d = common.load_data("imagefolder", str(_write_large(tmp_path, corrupt=False)), 0, "cpu", workers=1)
+    ds, paths = d.feed.dataset, d.files["ssl"][0]
+    for epoch in range(4):  # 6 batches each, read and dropped, as a training step does
+        for (x, hw), y, idx in d.ssl_batches(2, epoch, 0):
+            assert x.float().mean() > 0
+    assert 0 < ds.fresh.item() <= 2 * RING, ds.fresh  # the ring filled (and grown to a larger batch), then reused
+    kept, before = list(d.ssl_batches(2, 4, 0)), ds.fresh.item()
+    for _ in d.ssl_batches(2, 5, 0):  # another epoch while every batch of epoch 4 is still held
+        pass
+    assert ds.fresh.item() > before  # so the worker wrote into new buffers
+    for (x, hw), y, idx in kept:
+        for k, i in enumerate(idx.tolist()):
+            h, w = hw[k].tolist()
+            assert torch.equal(x[k, :, :h, :w], torchvision.io.decode_image(torchvision.io.read_file(paths[i].decode())))
+
+
 def test_read_jpeg_bytes_refuses_a_truncated_jpeg_only(tmp_path):
     """--decode gpu's workers: a JPEG cut short raises (nvJPEG would decode it without an error); whole baseline and
     progressive JPEGs and other formats pass as their bytes."""
