@@ -41,8 +41,10 @@ What is measured
       decode (--decode cpu) and once with workers that only read the files for the device to decode (--decode gpu).
   On a CPU (or with --tiny) the same runs at a tiny size (tiny / vit_tiny-8 backbones, batch 32, 160 generated 32-px
   JPEGs instead of synthetic; (b) 3 s on the copy or generated images; (c) vit_tiny with 32-px patches, batch 2): the
-  test suite runs it, so the command cannot rot. Priority when time is short: (a) SimCLR eager and compiled, (b), the
-  other (a) rows, (c), the counts, the other compiled rows.
+  test suite runs it, so the command cannot rot. (profile) SimCLR's (a) run under torch.profiler for 6 steps after
+  6: the ops by their own device time and the device's busy fraction over those steps' wall time (a GPU that is busy
+  only part of the time waits for the host). Priority when time is short: (a) SimCLR eager and compiled, (b), the
+  profile, the other (a) rows, (c), the counts, the other compiled rows.
 - data: the large-image input path on the JPEGs under --data-dir (the first --images of them, sorted), --workers
   DataLoader workers, batches of 32: views/s per worker for 2 x 224 and for 2 x 224 + 10 x 96 views (DINO's
   multi-crop) of (1) the previous path, where the workers cut and resize every view in PIL
@@ -123,12 +125,16 @@ class Args:
     """--part gpu-check (b): training time of the CIFAR-10 run (0: 180 s; at the tiny size 3 s)"""
     budget_minutes: float = 7.5
     """--part gpu-check: wall-clock budget of the whole check; what no longer fits is skipped and reported"""
-    checks: List[Literal["a", "b", "c", "compile"]] = field(default_factory=lambda: ["a", "b", "c", "compile"])
-    """--part gpu-check: the parts to run (compile: the (a) rows with --compile)"""
+    checks: List[Literal["a", "b", "c", "compile", "profile"]] = field(
+        default_factory=lambda: ["a", "b", "c", "compile", "profile"])
+    """--part gpu-check: the parts to run (compile: the (a) rows with --compile; profile: where SimCLR's step spends
+    its time)"""
     flops_child: str = ""
     """internal: run this script under FlopCounterMode with the flags after --, print the count"""
     peak_child: str = ""
     """internal: run this script with the flags after --, print its peak CUDA memory"""
+    profile_child: str = ""
+    """internal: run this script with the flags after -- under torch.profiler, print its table"""
 
 
 def peak_flops(device: torch.device):
@@ -294,6 +300,37 @@ def child(script: str, flags: List[str], flops: bool):
         syncs = [w for w in caught if "synchronizing CUDA operation" in str(w.message) and not w.filename.endswith(own)]
         print(f"SYNCS {len(syncs) if cuda else -1}")
     print(f"PEAK {torch.cuda.max_memory_allocated() if cuda and torch.cuda.is_initialized() else -1}")
+
+
+PROFILE_WAIT, PROFILE_ACTIVE = 4, 6  # steps: skipped (cudnn autotuning, compilation), then recorded (after 2 warm-up)
+
+
+def profile_child(script: str, flags: List[str]):
+    """Run the script as `python script flags` would, in this process, under torch.profiler for steps PROFILE_WAIT + 3
+    to PROFILE_WAIT + 2 + PROFILE_ACTIVE (a step begins at Run.update_lr, which every method calls first); print the
+    ops by their own device time (CPU time on a CPU) and the device's busy fraction over those steps' wall time."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+    cuda = torch.cuda.is_available()
+    prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []),
+                   schedule=schedule(wait=PROFILE_WAIT, warmup=2, active=PROFILE_ACTIVE))
+    update_lr, stamps = common.Run.update_lr, []
+
+    def step_then_update_lr(self, *optimizers):
+        prof.step()
+        stamps.append(time.perf_counter())
+        return update_lr(self, *optimizers)
+    common.Run.update_lr, sys.argv = step_then_update_lr, [script, *flags]
+    with prof:
+        runpy.run_path(script, run_name="__main__")
+    first = PROFILE_WAIT + 2  # stamps[i]: the start of step i + 1; the recorded steps are first + 1 .. first + ACTIVE
+    if len(stamps) <= first + PROFILE_ACTIVE:
+        raise SystemExit(f"failed: {len(stamps)} steps; the profile needs {first + PROFILE_ACTIVE + 1}")
+    events, wall = prof.key_averages(), stamps[first + PROFILE_ACTIVE] - stamps[first]
+    own = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+    key = own if cuda else "self_cpu_time_total"
+    busy = sum(getattr(e, key) for e in events) / 1e6 / wall if cuda else -1
+    print(f"STEP_MS {wall / PROFILE_ACTIVE * 1e3:.3f}\nBUSY {busy:.4f}\nPROFILE_BEGIN")
+    print(events.table(sort_by=key.replace("device", "cuda") if cuda and own != key else key, row_limit=25))
 
 
 def bench_method(args: Args, m: str, tmp: Path) -> dict:
@@ -466,6 +503,24 @@ def a_counts(c: Check, m: str) -> dict:
     syncs = counts[3][1] - counts[2][1]
     return {"gflops_per_view": (counts[3][0] - counts[2][0]) / (c.size.batch * vpi) / 1e9,
             "syncs_per_step": syncs if counts[3][1] >= 0 else "n/a on CPU (tests/test_sync.py counts them)"}
+
+
+def part_profile(c: Check) -> dict:
+    """SimCLR's training step under torch.profiler ((a)'s run: synthetic, batch, backbone and precision): the ops that
+    take the device's time, and how busy the device is over the wall time of the recorded steps (below 1: the host,
+    not the GPU, sets the pace)."""
+    why = c.fits(2 * c.child_est())
+    if why:
+        return {"status": why}
+    steps = PROFILE_WAIT + 3 + PROFILE_ACTIVE
+    try:
+        out = c.run([sys.executable, ROOT / "benchmark.py", f"--profile-child={ROOT / 'methods' / 'simclr.py'}", "--",
+                     *c.flags("simclr", c.data_a, steps, "profile")], timed=False)
+    except Exception as e:  # noqa: BLE001 (said in the report)
+        return {"status": failure(e)}
+    busy = float(out.split("BUSY ")[1].split()[0])
+    return {"status": "measured", "steps_recorded": PROFILE_ACTIVE, "step_ms": float(out.split("STEP_MS ")[1].split()[0]),
+            "device_busy": busy if busy >= 0 else "n/a on CPU", "table": out.split("PROFILE_BEGIN\n", 1)[1]}
 
 
 def find_cifar(c: Check):
@@ -650,7 +705,7 @@ def gpu_check(args: Args):
     report = {"device": name, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M %Z"),
               "size": "full" if size is FULL else "tiny", "precision": prec, "batch": size.batch,
               "budget_s": 60 * args.budget_minutes, "elapsed_s": 0.0, "command": " ".join(sys.argv),
-              "a": [], "b": {}, "c": []}
+              "a": [], "b": {}, "c": [], "profile": {}}
     save = lambda: write_report(out, report, t0)  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         c = Check(args, size, device, Path(tmp), t0 + 60 * args.budget_minutes, report)
@@ -671,6 +726,9 @@ def gpu_check(args: Args):
         save()
         r = rows.get("simclr", {})
         report["b"] = part_b(c, r.get("views_per_sec"), r.get("views_per_image")) if "b" in args.checks else {
+            "status": not_measured("not asked for: --checks")}
+        save()
+        report["profile"] = part_profile(c) if "profile" in args.checks else {
             "status": not_measured("not asked for: --checks")}
         save()
         for m in [m for m in order if m != "simclr"] if "a" in args.checks else []:  # (the first H100 run skipped
@@ -700,7 +758,7 @@ def gpu_check(args: Args):
                             "n/a (peak FLOP rate of this device unknown)" if not peak else
                             not_measured("needs views/s and FLOPs/view"))
         parts = [("compile" if r.get("compile") else "a", r) for r in report["a"]] + [("b", report["b"])] + [
-            ("c", r) for r in report["c"]]
+            ("c", r) for r in report["c"]] + [("profile", report["profile"])]
         left = sorted({p for p, r in parts if "skipped: time budget" in json.dumps(r)})
         report["rerun"] = (f"{' '.join(without_checks(sys.argv))} --checks {' '.join(left)}  # what the budget left out"
                            if left else "")
@@ -752,10 +810,16 @@ def write_report(out: Path, rep: dict, t0: float):
            f"{cell(r.get('views_per_sec'))} | {cell(r.get('gflops_per_view'), '.2f')} | "
            f"{cell(r.get('peak_memory_gb'), '.2f')} | "
            f"{cell(r.get('of_step_alone'), '.0%')} |" for r in rep["c"]]
+    p = rep.get("profile", {})
+    md += ["", "## Profile: SimCLR's step ((a)'s run) under torch.profiler", "",
+           *[f"- {k}: {cell(v, ',.3f')}" for k, v in p.items() if k != "table"],
+           *(["", "```", p["table"].rstrip(), "```"] if "table" in p else [])]
     (out / "report.md").write_text("\n".join(md) + "\n")
 
 
 def main(args: Args):
+    if args.profile_child:
+        return profile_child(args.profile_child, EXTRA)
     if args.flops_child or args.peak_child:
         return child(args.flops_child or args.peak_child, EXTRA, flops=bool(args.flops_child))
     unknown = [m for m in args.methods if m not in METHODS]

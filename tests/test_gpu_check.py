@@ -61,7 +61,12 @@ def test_gpu_check_tiny_writes_a_row_per_part(tmp_path):
     assert all(number_or_reason(r["views_per_sec"]) for r in (alone, *loaders)), rep["c"]
     assert alone["gflops_per_view"] > 0 and all(r["of_step_alone"] > 0 for r in loaders)
     assert ["--decode cpu" in loaders[0]["what"], "--decode gpu" in loaders[1]["what"]] == [True, True]
-    for title in ("## (a)", "## (b)", "## (c)", "| simclr | tiny | off |", "| knn_top1 |", "| step alone"):
+    # profile: SimCLR's step under torch.profiler, its ops by CPU time on a CPU
+    prof = rep["profile"]
+    assert prof["status"] == "measured" and prof["step_ms"] > 0 and prof["device_busy"] == "n/a on CPU", prof
+    assert "aten::" in prof["table"] and "Self CPU" in prof["table"]
+    for title in ("## (a)", "## (b)", "## (c)", "| simclr | tiny | off |", "| knn_top1 |", "| step alone", "## Profile",
+                  "aten::"):
         assert title in md, title
 
 
