@@ -50,8 +50,9 @@ What is measured
   multi-crop) of (1) the previous path, where the workers cut and resize every view in PIL
   (RandomResizedCrop per view); (2) workers that only decode (torchvision) and pad (--decode cpu); (3) workers
   that only read the files (--decode gpu; the device's decoding is not in this row); (4) decode alone in PIL and
-  in torchvision (the images stay in the worker: the ceiling of (2), which also pads and hands them over). Per image, a worker's time does not depend on the number of
-  views in (2)-(4). Last row: views/s of the device's part, `area_resized_crop` of every view of a padded batch
+  in torchvision (the images stay in the worker: the ceiling of (2), which also pads and hands them over). (2)-(4)
+  run in workers set up as the training loader's (augment._quiet_worker); (1) in plain ones, as the previous code
+  did. Per image, a worker's time does not depend on the number of views in (2)-(4). Last row: views/s of the device's part, `area_resized_crop` of every view of a padded batch
   of 64 (with rrc_params), on the benchmark device.
 Numbers are only comparable on the same device; write them into the README table with the date and device.
 """
@@ -219,11 +220,12 @@ class _Files(torch.utils.data.Dataset):
         return [T.functional.pil_to_tensor(T.RandomResizedCrop(v.size, v.scale, v.ratio)(img)) for v in self.views]
 
 
-def _images_per_sec(dataset, workers: int, collate, take=lambda b: b) -> float:
+def _images_per_sec(dataset, workers: int, collate, take=lambda b: b, init=None) -> float:
     """Images/s of a DataLoader (batches of 32, persistent workers) over 2 passes, after one pass to start up; `take`:
-    what the main process does with each batch (ImageFiles.received, as common.Data does)."""
+    what the main process does with each batch (ImageFiles.received, as common.Data does); `init`: the workers' init
+    (augment's file_loader: _quiet_worker, which also keeps glibc from handing freed memory back)."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=32, num_workers=workers, collate_fn=collate,
-                                         persistent_workers=True)
+                                         persistent_workers=True, worker_init_fn=init)
     for _ in map(take, loader):
         pass
     t = time.perf_counter()
@@ -248,10 +250,10 @@ def bench_data(args: Args, device: torch.device):
                         ("--decode gpu: workers read the files; decode and crops on the device", "bytes")):
         files = (np.array([os.fsencode(p) for p in paths]), np.zeros(len(paths), dtype=np.int64))
         ds = common.ImageFiles(files, 0, mode)
-        rate = _images_per_sec(ds, w, ds.collate, ds.received) / w
+        rate = _images_per_sec(ds, w, ds.collate, ds.received, augment._quiet_worker) / w
         rows.append((label, rate * 2, rate * 12))
     for how in ("pil", "torchvision"):
-        rate = _images_per_sec(_Files(paths, how), w, len) / w  # the images stay in the worker: decoding only
+        rate = _images_per_sec(_Files(paths, how), w, len, init=augment._quiet_worker) / w  # decoding only
         rows.append((f"decode alone, {'PIL' if how == 'pil' else 'torchvision.io.decode_image'}", rate * 2, rate * 12))
     x, hw = common.pad_images([common.read_image(p, common.LARGE_MAX) for p in (paths * 64)[:64]])
     x, hw, g = x.to(device).float(), hw.to(device), torch.Generator(device=device).manual_seed(0)
