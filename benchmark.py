@@ -52,8 +52,9 @@ What is measured
   that only read the files (--decode gpu; the device's decoding is not in this row); (4) decode alone in PIL and
   in torchvision (the images stay in the worker: the ceiling of (2), which also pads and hands them over). (2)-(4)
   run in workers set up as the training loader's (augment._quiet_worker); (1) in plain ones, as the previous code
-  did. Per image, a worker's time does not depend on the number of views in (2)-(4). Last row: views/s of the device's part, `area_resized_crop` of every view of a padded batch
-  of 64 (with rrc_params), on the benchmark device.
+  did. Per image, a worker's time does not depend on the number of views in (2)-(4). Last row: views/s of the
+  device's part, `area_resized_crop` of every view of a padded batch of 64 (with rrc_params), on the benchmark
+  device.
 Numbers are only comparable on the same device; write them into the README table with the date and device.
 """
 import concurrent.futures
@@ -733,8 +734,7 @@ def gpu_check(args: Args):
         report["profile"] = part_profile(c) if "profile" in args.checks else {
             "status": not_measured("not asked for: --checks")}
         save()
-        for m in [m for m in order if m != "simclr"] if "a" in args.checks else []:  # (the first H100 run skipped
-            # the first method of a --methods list without SimCLR)
+        for m in [m for m in order if m != "simclr"] if "a" in args.checks else []:
             rows[m] = a_timed(c, m, False)
             report["a"] = list(rows.values()) + list(compiled.values())
             save()
