@@ -522,7 +522,8 @@ def part_profile(c: Check) -> dict:
     except Exception as e:  # noqa: BLE001 (said in the report)
         return {"status": failure(e)}
     busy = float(out.split("BUSY ")[1].split()[0])
-    return {"status": "measured", "steps_recorded": PROFILE_ACTIVE, "step_ms": float(out.split("STEP_MS ")[1].split()[0]),
+    step_ms = float(out.split("STEP_MS ")[1].split()[0])
+    return {"status": "measured", "steps_recorded": PROFILE_ACTIVE, "step_ms": step_ms,
             "device_busy": busy if busy >= 0 else "n/a on CPU", "table": out.split("PROFILE_BEGIN\n", 1)[1]}
 
 
@@ -670,8 +671,8 @@ def part_c(c: Check) -> List[dict]:
     except Exception as e:  # noqa: BLE001 (a full disk: said in the report)
         return rows + [{**head, "what": "loader", "views_per_sec": failure(e)}]
     for decode in ("cpu", "gpu"):  # workers decode, or workers read and the device decodes (nvJPEG on a GPU)
-        row = {**head, "what": f"script + large-image loader, --decode {decode}: {s.big_files} generated 500x375 JPEGs, "
-                              f"2 epochs of {spe} steps (views/s: the 2nd after its 3rd step)"}
+        row = {**head, "what": f"script + large-image loader, --decode {decode}: {s.big_files} generated 500x375 "
+                              f"JPEGs, 2 epochs of {spe} steps (views/s: the 2nd after its 3rd step)"}
         flags = ["--dataset", "imagefolder", "--data-dir", big, "--backbone", s.big_backbone, "--decode", decode,
                  "--patch-size", s.big_patch, "--batch-size", s.big_batch, "--epochs", 2, "--max-steps", 2 * spe,
                  "--warmup-epochs", 0, "--eval-every", 0, "--mi-every", 0, "--save-every", 0,
@@ -683,8 +684,8 @@ def part_c(c: Check) -> List[dict]:
             r = c.results(f"c_{decode}")
             vps = r.get("views_per_sec", not_measured("too few steps timed"))
             alone = rows[0]["views_per_sec"]
-            rows.append({**row, "views_per_sec": vps, "peak_memory_gb": peak_gb(out), "of_step_alone":
-                         vps / alone if isinstance(vps, float) and isinstance(alone, float) else not_measured("no ratio")})
+            ratio = vps / alone if isinstance(vps, float) and isinstance(alone, float) else not_measured("no ratio")
+            rows.append({**row, "views_per_sec": vps, "peak_memory_gb": peak_gb(out), "of_step_alone": ratio})
         except Exception as e:  # noqa: BLE001 (said in the report)
             rows.append({**row, "views_per_sec": failure(e)})
     return rows

@@ -291,7 +291,8 @@ def test_decode_workers_reuse_their_shared_buffers_and_never_write_into_a_held_b
     for (x, hw), y, idx in kept:
         for k, i in enumerate(idx.tolist()):
             h, w = hw[k].tolist()
-            assert torch.equal(x[k, :, :h, :w], torchvision.io.decode_image(torchvision.io.read_file(paths[i].decode())))
+            ref = torchvision.io.decode_image(torchvision.io.read_file(paths[i].decode()))
+            assert torch.equal(x[k, :, :h, :w], ref)
 
 
 def test_read_jpeg_bytes_refuses_a_truncated_jpeg_only(tmp_path):
@@ -323,7 +324,8 @@ def test_decode_jpegs_on_cuda_is_nvjpeg_close_to_the_cpu_decoder_and_replaces_a_
         Image.fromarray(img).save(tmp_path / f"{i}.jpg", quality=90, subsampling=0)
         blobs.append(common.read_jpeg_bytes(str(tmp_path / f"{i}.jpg")))
     bad = 2
-    for blobs_, has_bad in ((blobs, False), (blobs[:bad] + [torch.full((999,), 7, dtype=torch.uint8)] + blobs[bad + 1:], True)):
+    not_a_jpeg = torch.full((999,), 7, dtype=torch.uint8)
+    for blobs_, has_bad in ((blobs, False), (blobs[:bad] + [not_a_jpeg] + blobs[bad + 1:], True)):
         (x, hw), src, ok = common.decode_jpegs(blobs_, "cuda", common.LARGE_MAX)
         (xc, hwc), srcc, okc = common.decode_jpegs(blobs_, "cpu", common.LARGE_MAX)
         assert x.is_cuda and x.dtype == torch.uint8 and torch.equal(hw.cpu(), hwc.cpu()) and src == srcc

@@ -99,8 +99,8 @@ def test_gpu_check_times_every_method_asked_for_without_simclr_too(tmp_path, mon
     """--methods without SimCLR: every method gets its (a) row (the first H100 run skipped the first of the list)."""
     import benchmark
     timed = []
-    monkeypatch.setattr(benchmark, "a_timed", lambda c, m, compiled: timed.append(m) or {"method": m, "compile": compiled,
-                                                                                         "views_per_sec": 1.0})
+    monkeypatch.setattr(benchmark, "a_timed", lambda c, m, compiled: timed.append(m) or {
+        "method": m, "compile": compiled, "views_per_sec": 1.0})
     monkeypatch.setattr(benchmark, "a_counts", lambda c, m: {"gflops_per_view": 1.0, "syncs_per_step": 0})
     benchmark.gpu_check(benchmark.Args(part="gpu-check", device="cpu", methods=["moco_v3", "nnclr", "sdmi"],
                                        checks=["a"], out=str(tmp_path / "out")))
@@ -110,6 +110,6 @@ def test_gpu_check_times_every_method_asked_for_without_simclr_too(tmp_path, mon
 
 def test_the_rerun_line_replaces_the_commands_own_checks():
     import benchmark
-    assert benchmark.without_checks(["benchmark.py", "--part", "gpu-check", "--checks", "a", "c", "--methods", "byol"]) == [
-        "benchmark.py", "--part", "gpu-check", "--methods", "byol"]
+    argv = ["benchmark.py", "--part", "gpu-check", "--checks", "a", "c", "--methods", "byol"]
+    assert benchmark.without_checks(argv) == ["benchmark.py", "--part", "gpu-check", "--methods", "byol"]
     assert benchmark.without_checks(["benchmark.py", "--checks=a", "--out", "d"]) == ["benchmark.py", "--out", "d"]
