@@ -74,6 +74,9 @@ cifar10_download() {  # into $DATA, as the runs would; the exit status says whet
 QUICK_FINETUNE=1  # --quick: MAE's fine-tuning epochs (the paper evaluates MAE by fine-tuning), also for random init
 quick_recipe() {  # --quick only: the flags that make a few CPU minutes teach; the rest is the method's own recipe.
   case "$1" in    # Where each comes from is in the README (run_all.sh, --quick); a search at this budget decides.
+    # DeepCluster v2's first epoch only fills its memory (no update): that epoch, then the same 300 training steps ($2:
+    # steps per epoch of the dataset)
+    deepcluster_v2) echo "--epochs $(((300 + $2 - 1) / $2 + 1)) --max-steps $(($2 + 300))" ;;
     simclr) echo "--optimizer adamw --lr 2e-3 --weight-decay 1e-6 --proj-bn" ;;  # the ten-minute CPU recipe
     barlow_twins|byol|simsiam|sdmi) echo "--optimizer adamw --lr 2e-3 --weight-decay 1e-6" ;;  # README: quick search
     dino_vit) echo "--num-local-crops 2" ;;  # the README's CPU runs of the ViT family
@@ -115,6 +118,13 @@ data_dir() {
     *) echo "$DATA" ;;
   esac
 }
+steps_per_epoch() {  # --quick: batches of 128 per epoch of a dataset (drop_last)
+  case "$1" in
+    synthetic) echo $((4096 / 128)) ;;
+    imagefolder) local n; n=$(find "$(data_dir imagefolder)/train" -type f | wc -l); echo $(( n >= 256 ? n / 128 : 1 )) ;;
+    *) echo $((50000 / 128)) ;;  # CIFAR-10, CIFAR-100
+  esac
+}
 TWO_SEEDS="barlow_twins sdmi simsiam"  # --quick: the methods that were at or below random init get a second seed
 seeds_of() {  # the seeds of a method (random_init: those of every run)
   if [ $QUICK = 1 ] && [ $SET_SEEDS = 0 ]; then
@@ -128,7 +138,7 @@ if [ $TABLE_ONLY = 0 ]; then
     ep=(); [ $QUICK = 1 ] && { [ "$d" = synthetic ] && ep=(--epochs 10) || ep=(--epochs 1); }
     common=("${COMMON[@]}")  # --quick: the ViT methods take vit_tiny with 8-px patches instead of the tiny ResNet
     case " $VIT_SET " in *" $m "*) [ $QUICK = 1 ] && common=("${COMMON[@]/tiny/vit_tiny}" --patch-size 8) ;; esac
-    [ $QUICK = 1 ] && read -r -a recipe <<< "$(quick_recipe "$m")" || recipe=()
+    [ $QUICK = 1 ] && read -r -a recipe <<< "$(quick_recipe "$m" "$(steps_per_epoch "$d")")" || recipe=()
     cmd=("$PY" "$HERE/methods/$m.py" --dataset "$d" --data-dir "$(data_dir "$d")" --seed "$s" --exp-name "${TAG}_$m"
          "${ep[@]}" "${common[@]}" "${recipe[@]}" "${EXTRA[@]}")
     echo "${cmd[*]}"
@@ -275,7 +285,7 @@ for d in sorted({d for d, _, _, _ in latest}):
     base = [r for (rd, m, _, _), r in latest.items() if rd == d and m == "random_init"]
     for i, (m, marker) in enumerate(sorted({(r["method"], "s" if r["method"] in SDMI else "o") for r in runs})):
         rs = [r for r in runs if r["method"] == m and "H_R" in r]
-        kw = dict(marker=marker, color=f"C{i % 10}", label=m)
+        kw = dict(marker=marker, color=plt.get_cmap("tab20")(i % 20), label=m)
         axes[0, 0].scatter([r["H_R"] for r in rs], [r["knn_top1"] for r in rs], **kw)
         axes[0, 1].scatter([r["I_RZ"] / max(r["H_R"], 1e-9) for r in rs if "I_RZ" in r],
                            [r["knn_top1"] for r in rs if "I_RZ" in r], **kw)

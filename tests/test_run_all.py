@@ -39,6 +39,16 @@ def test_quick_dry_run_prints_every_method_and_runs_nothing(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_quick_deepcluster_gets_its_memory_epoch_before_the_same_300_steps(tmp_path):
+    """DeepCluster v2's first epoch only fills its memory: --quick gives it that epoch (390 steps of 128 CIFAR-10
+    images; 32 of synthetic) on top of the 300 training steps every method gets, and the schedule spans them."""
+    for datasets, flags in (("cifar10", "--epochs 2 --max-steps 690"), ("synthetic", "--epochs 11 --max-steps 332")):
+        res = bash("--quick", "--dry-run", "--methods", "deepcluster_v2", "--datasets", datasets, cwd=tmp_path,
+                   env={"DATA": str(tmp_path / "empty")})
+        assert res.returncode == 0, res.stderr
+        assert [ln for ln in res.stdout.splitlines() if "/methods/" in ln][0].endswith(flags), res.stdout
+
+
 def test_full_grid_dry_run_and_bad_arguments(tmp_path):
     res = bash("--dry-run", cwd=tmp_path)
     assert res.returncode == 0 and len(res.stdout.splitlines()) == 8 * 4 * 3
