@@ -77,6 +77,8 @@ quick_recipe() {  # --quick only: the flags that make a few CPU minutes teach; t
     # DeepCluster v2's first epoch only fills its memory (no update): that epoch, then the same 300 training steps ($2:
     # steps per epoch of the dataset)
     deepcluster_v2) echo "--epochs $(((300 + $2 - 1) / $2 + 1)) --max-steps $(($2 + 300))" ;;
+    # DINO (ResNet): its teacher (EMA 0.9995) barely moves in 300 steps; AdamW as above, last layer free (README)
+    dino) echo "--optimizer adamw --lr 2e-3 --weight-decay 1e-6 --freeze-last-layer-epochs 0 --tau-base 0.99" ;;
     simclr) echo "--optimizer adamw --lr 2e-3 --weight-decay 1e-6 --proj-bn" ;;  # the ten-minute CPU recipe
     barlow_twins|byol|simsiam|sdmi) echo "--optimizer adamw --lr 2e-3 --weight-decay 1e-6" ;;  # README: quick search
     dino_vit) echo "--num-local-crops 2" ;;  # the README's CPU runs of the ViT family
