@@ -80,7 +80,7 @@ quick_recipe() {  # --quick only: the flags that make a few CPU minutes teach; t
     # DINO (ResNet): its teacher (EMA 0.9995) barely moves in 300 steps; AdamW as above, last layer free (README)
     dino) echo "--optimizer adamw --lr 2e-3 --weight-decay 1e-6 --freeze-last-layer-epochs 0 --tau-base 0.99" ;;
     simclr) echo "--optimizer adamw --lr 2e-3 --weight-decay 1e-6 --proj-bn" ;;  # the ten-minute CPU recipe
-    barlow_twins|byol|simsiam|sdmi) echo "--optimizer adamw --lr 2e-3 --weight-decay 1e-6" ;;  # README: quick search
+    barlow_twins|byol|simsiam|sdmi|moco_v2) echo "--optimizer adamw --lr 2e-3 --weight-decay 1e-6" ;;  # README
     dino_vit) echo "--num-local-crops 2" ;;  # the README's CPU runs of the ViT family
     ibot) echo "--num-local-crops 2 --proj-hidden-dim 1024 --out-dim 1024" ;;  # the same
     mae) echo "--lr 1.5e-3 --decoder-dim 128 --decoder-depth 2 --decoder-heads 4 --finetune-epochs $QUICK_FINETUNE" ;;
@@ -123,7 +123,8 @@ data_dir() {
 steps_per_epoch() {  # --quick: batches of 128 per epoch of a dataset (drop_last)
   case "$1" in
     synthetic) echo $((4096 / 128)) ;;
-    imagefolder) local n; n=$(find "$(data_dir imagefolder)/train" -type f | wc -l); echo $(( n >= 256 ? n / 128 : 1 )) ;;
+    imagefolder) local n; n=$(find "$(data_dir imagefolder)/train" -type f | wc -l)
+                 echo $(( n >= 256 ? n / 128 : 1 )) ;;
     *) echo $((50000 / 128)) ;;  # CIFAR-10, CIFAR-100
   esac
 }
