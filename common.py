@@ -497,7 +497,7 @@ class Run:
     def __init__(self, args, method: str):
         self.args, self.method, self.t0, a = args, method, time.time(), args
         low = dict(epochs=1, batch_size=2, lr=1e-12, weight_decay=0, warmup_epochs=0, max_steps=0, eval_every=0,
-                   mi_every=0, save_every=0, save_every_minutes=0, patch_size=0, finetune_epochs=0)  # smallest valid
+                   mi_every=0, save_every=0, save_every_minutes=0, patch_size=0, finetune_epochs=0, workers=0)
         for flag in (f for f, lo in low.items() if getattr(a, f) < lo):
             raise UserError(f"--{flag.replace('_', '-')} {getattr(a, flag)} is out of range (at least {low[flag]:g}).")
         self.device = init_distributed(a.device)

@@ -42,7 +42,7 @@ def no_run_dir(tmp_path):
 # --------------------------------------------------------------------------------------------------- bad flags
 @pytest.mark.parametrize("flags,words", [(["--lr", -0.1], ["--lr", "-0.1"]), (["--max-steps", -1], ["--max-steps"]),
                                          (["--batch-size", 1], ["--batch-size"]), (["--epochs", 0], ["--epochs"]),
-                                         (["--device", "tpu9"], ["--device", "tpu9"]),
+                                         (["--device", "tpu9"], ["--device", "tpu9"]), (["--workers", -3], ["--workers"]),
                                          (["--batch-size", 8192], ["--batch-size", "4096"])])
 def test_bad_numbers_are_one_line(cli, tmp_path, flags, words):
     one_error_line(*cli(simclr, *TINY, *flags)[::2], *words)
