@@ -333,7 +333,7 @@ def profile_child(script: str, flags: List[str]):
     key = own if cuda else "self_cpu_time_total"
     busy = sum(getattr(e, key) for e in events) / 1e6 / wall if cuda else -1
     print(f"STEP_MS {wall / PROFILE_ACTIVE * 1e3:.3f}\nBUSY {busy:.4f}\nPROFILE_BEGIN")
-    print(events.table(sort_by=key.replace("device", "cuda") if cuda and own != key else key, row_limit=25))
+    print(events.table(sort_by=key, row_limit=25))
 
 
 def bench_method(args: Args, m: str, tmp: Path) -> dict:
