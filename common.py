@@ -38,7 +38,7 @@ except KeyboardInterrupt:
 
 DatasetName = Literal["cifar10", "cifar100", "stl10", "tinyimagenet", "imagenet100", "imagefolder", "medmnist",
                       "synthetic"]
-BackboneName = Literal["resnet18", "resnet50", "tiny", "vit_tiny", "vit_small"]
+BackboneName = Literal["resnet18", "resnet50", "tiny", "vit_mini", "vit_tiny", "vit_small"]
 OptimizerName = Literal["lars", "sgd", "adamw"]
 Precision, Decoder = Literal["auto", "fp32", "bf16", "fp16"], Literal["cpu", "gpu"]
 Tensor = torch.Tensor

@@ -139,8 +139,8 @@ seeds_of() {  # the seeds of a method (random_init: those of every run)
 if [ $TABLE_ONLY = 0 ]; then
   for d in $DATASETS; do for m in $METHODS; do for s in $(seeds_of "$m"); do
     ep=(); [ $QUICK = 1 ] && { [ "$d" = synthetic ] && ep=(--epochs 10) || ep=(--epochs 1); }
-    common=("${COMMON[@]}")  # --quick: the ViT methods take vit_tiny with 8-px patches instead of the tiny ResNet
-    case " $VIT_SET " in *" $m "*) [ $QUICK = 1 ] && common=("${COMMON[@]/tiny/vit_tiny}" --patch-size 8) ;; esac
+    common=("${COMMON[@]}")  # --quick: the ViT methods take vit_mini with 8-px patches instead of the tiny ResNet
+    case " $VIT_SET " in *" $m "*) [ $QUICK = 1 ] && common=("${COMMON[@]/tiny/vit_mini}" --patch-size 8) ;; esac
     [ $QUICK = 1 ] && read -r -a recipe <<< "$(quick_recipe "$m" "$(steps_per_epoch "$d")")" || recipe=()
     cmd=("$PY" "$HERE/methods/$m.py" --dataset "$d" --data-dir "$(data_dir "$d")" --seed "$s" --exp-name "${TAG}_$m"
          "${ep[@]}" "${common[@]}" "${recipe[@]}" "${EXTRA[@]}")
@@ -150,10 +150,10 @@ if [ $TABLE_ONLY = 0 ]; then
     fi
   done; done; done
   # --quick: the same networks at random init (seeded as the runs), evaluated by the same protocols
-  backbones=(); for m in $METHODS; do case " $VIT_SET " in *" $m "*) backbones+=(vit_tiny) ;; *) backbones+=(tiny) ;; esac; done
+  backbones=(); for m in $METHODS; do case " $VIT_SET " in *" $m "*) backbones+=(vit_mini) ;; *) backbones+=(tiny) ;; esac; done
   for d in $([ $QUICK = 1 ] && echo "$DATASETS"); do
     for b in $(printf '%s\n' "${backbones[@]}" | sort -u); do for s in $(seeds_of random_init); do
-      ft=0; case " $METHODS " in *" mae "*) [ $b = vit_tiny ] && ft=$QUICK_FINETUNE ;; esac
+      ft=0; case " $METHODS " in *" mae "*) [ $b = vit_mini ] && ft=$QUICK_FINETUNE ;; esac
       cmd=("$PY" - "$HERE" "$d" "$(data_dir "$d")" "$b" "$s" "$ft" "runs/${d}__${TAG}_random_init__${s}__$b")
       echo "random init: ${cmd[*]}"
       [ $DRY = 1 ] && continue
@@ -181,7 +181,8 @@ res = dict(method="random_init", dataset=dataset, backbone=backbone, seed=seed, 
            knn_top1=E.knn_top1(trf, trl, tef, tel, data.num_classes),
            linear_top1=E.linear_probe(net, trf, trl, tef, tel, data.num_classes, seed=seed), H_R=E.effective_rank(r))
 if int(ft):
-    res["finetune_top1"] = common.finetune(net, dim, data, norm, autocast, int(ft), 128, seed)
+    res["finetune_top1"] = common.finetune(net, dim, data, norm, autocast, torch.amp.GradScaler(dev.type, enabled=False),
+                                           int(ft), 128, seed)
 Path(out).mkdir(parents=True, exist_ok=True)
 (Path(out) / "results.json").write_text(json.dumps(res, indent=1))
 print(f"random init {backbone} on {dataset}, seed {seed}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items()

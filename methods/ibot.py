@@ -227,7 +227,7 @@ def clip_gradients(module: nn.Module, clip: float):
 
 def main(args: Args):
     if not args.backbone.startswith("vit") or not 0 < len(args.pred_ratio) == len(args.pred_ratio_var):
-        raise common.UserError("iBOT needs a ViT (--backbone vit_tiny or vit_small), one --pred-ratio-var per ratio.")
+        raise common.UserError("iBOT needs a ViT (--backbone vit_tiny, vit_mini...), one --pred-ratio-var per ratio.")
     run = common.Run(args, "ibot")
     size, p = run.data.image_size, args.patch_size or common.default_patch(run.data.image_size)  # p: the ViT's patch
     grid, gs, ls = size // p, args.global_crops_scale, args.local_crops_scale  # grid x grid patches

@@ -241,7 +241,7 @@ def reconstruction_grid(backbone, decoder, x: torch.Tensor, args: Args, mean, st
 
 def main(args: Args):
     if not args.backbone.startswith("vit"):
-        raise common.UserError(f"MAE needs a ViT: --backbone vit_small or vit_tiny, not {args.backbone}.")
+        raise common.UserError(f"MAE needs a ViT: --backbone vit_small, vit_tiny or vit_mini, not {args.backbone}.")
     if not 0 < args.mask_ratio < 1 or args.decoder_dim % 4 or args.decoder_dim % args.decoder_heads:
         raise common.UserError("--mask-ratio must be in (0, 1), --decoder-dim a multiple of 4 and of --decoder-heads.")
     run = common.Run(args, "mae")

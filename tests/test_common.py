@@ -162,6 +162,18 @@ def test_backbones_and_strict_reload(name, dim):
         assert common.build_backbone(name, 224)[0].conv1.kernel_size == (7, 7)
 
 
+def test_vit_mini_has_4_blocks_and_loads_into_torchvision():
+    mini, dim = common.build_backbone("vit_mini", 32, 8)
+    tiny, _ = common.build_backbone("vit_tiny", 32, 8)
+    assert dim == 128 and len(mini.encoder.layers) == 4 and len(tiny.encoder.layers) == 12
+    tv = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=4, num_heads=2, hidden_dim=128,
+                                              mlp_dim=512)
+    tv.heads = nn.Identity()
+    tv.load_state_dict(mini.state_dict(), strict=True)  # the README's loading recipe
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(tv.eval()(x), mini.eval()(x), atol=1e-5)
+
+
 def test_vit_masked_and_subset_forwards_equal_the_full_forward_when_nothing_is_removed():
     torch.manual_seed(0)
     vit, dim = common.build_backbone("vit_tiny", 32, 8)  # a 4 x 4 grid of patches

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import torch
+
 from conftest import ROOT
 
 MI_SET = ["sdmi", "jmi", "simclr", "byol", "simsiam", "moco_v3", "barlow_twins", "vicreg"]
@@ -138,3 +140,22 @@ def test_benchmark_prints_rows(tmp_path):
     aug = [ln for ln in res.stdout.splitlines() if ln.startswith("| batched")]
     row = next(ln for ln in res.stdout.splitlines() if ln.startswith("| simclr |"))
     assert len(aug) == 2 and float(row.split("|")[2].replace(",", "")) > 0 and float(row.split("|")[3]) > 0
+
+
+def test_quick_mae_random_init_is_fine_tuned_like_mae(tmp_path):
+    """With MAE in the quick grid, the vit_mini network at random init is fine-tuned too (MAE's protocol), for the
+    table's fine-tune gain. The random-init code once passed the epochs where finetune takes its scaler."""
+    import torchvision
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 72), ("test", 8)):  # 144 images: one batch of 128 per epoch
+        for c in ("a", "b"):
+            (tmp_path / "folder" / split / c).mkdir(parents=True)
+            for i in range(n):
+                torchvision.io.write_jpeg(torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=g),
+                                          str(tmp_path / "folder" / split / c / f"{i}.jpg"))
+    res = bash("--quick", "--methods", "mae", "--data-dir", str(tmp_path / "folder"), "--", "--max-steps", "1",
+               "--batch-size", "32", "--mi-every", "0", "--finetune-epochs", "0", "--device", "cpu", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    base = json.loads((tmp_path / "runs" / "imagefolder__runall_quick_random_init__0__vit_mini" / "results.json")
+                      .read_text())
+    assert base["backbone"] == "vit_mini" and 0 <= base["finetune_top1"] <= 100
