@@ -20,7 +20,7 @@
 # on; the exit status is 1 if any failed.
 # --quick: CIFAR-10 (downloaded into $DATA if not there), or the image folder of --data-dir; only when CIFAR-10 can
 # be neither found nor downloaded (offline) the synthetic dataset, with one line saying so. Each method runs with
-# its quick recipe (quick_recipe below, printed in every command), Barlow Twins, SDMI and SimSiam with two seeds,
+# its quick recipe (quick_recipe below, printed in every command), Barlow Twins, SDMI, SimSiam and SwAV with two seeds,
 # and the same networks at random init are evaluated for the table's random-init rows and gain column.
 # Runs land in runs/{dataset}__runall_{quick|full}_{method}__{seed}__{time}; the table is written to
 # runs/run_all_{quick|full}.md, the figures beside it: run_all_{quick|full}_{dataset}_mi.png (the MI estimates over
@@ -71,7 +71,7 @@ cifar10_download() {  # into $DATA, as the runs would; the exit status says whet
   "$PY" -c "import sys, torchvision; torchvision.datasets.CIFAR10(sys.argv[1], download=True)" "$DATA" >/dev/null 2>&1
 }
 
-QUICK_FINETUNE=1  # --quick: MAE's fine-tuning epochs (the paper evaluates MAE by fine-tuning), also for random init
+QUICK_FINETUNE=2  # --quick: MAE's fine-tuning epochs (the paper evaluates MAE by fine-tuning), also for random init
 quick_recipe() {  # --quick only: the flags that make a few CPU minutes teach; the rest is the method's own recipe.
   case "$1" in    # Where each comes from is in the README (run_all.sh, --quick); a search at this budget decides.
     # DeepCluster v2's first epoch only fills its memory (no update): that epoch, then the same 300 training steps ($2:
@@ -81,9 +81,14 @@ quick_recipe() {  # --quick only: the flags that make a few CPU minutes teach; t
     dino) echo "--optimizer adamw --lr 2e-3 --weight-decay 1e-6 --freeze-last-layer-epochs 0 --tau-base 0.99" ;;
     simclr) echo "--optimizer adamw --lr 2e-3 --weight-decay 1e-6 --proj-bn" ;;  # the ten-minute CPU recipe
     barlow_twins|byol|simsiam|sdmi|moco_v2) echo "--optimizer adamw --lr 2e-3 --weight-decay 1e-6" ;;  # README
-    dino_vit) echo "--num-local-crops 2" ;;  # the README's CPU runs of the ViT family
-    ibot) echo "--num-local-crops 2 --proj-hidden-dim 1024 --out-dim 1024" ;;  # the same
-    mae) echo "--lr 1.5e-3 --decoder-dim 128 --decoder-depth 2 --decoder-heads 4 --finetune-epochs $QUICK_FINETUNE" ;;
+    swav) echo "--optimizer adamw --lr 1e-3 --weight-decay 1e-6 --freeze-prototypes-epochs 0" ;;  # prototypes free
+    # The ViTs (vit_mini, README's search): 2 local crops, smaller heads, last layer free, teacher momentum 0.99;
+    # DINO (ViT) the same 38,400 images in 600 steps of 64; MAE half the patches masked, lr 3e-3, a 2-epoch fine-tune
+    dino_vit) echo "--num-local-crops 2 --proj-hidden-dim 1024 --num-prototypes 1024 --freeze-last-layer-epochs 0" \
+                   "--tau-base 0.99 --batch-size 64 --max-steps 600 --lr 1e-3" ;;
+    ibot) echo "--num-local-crops 2 --proj-hidden-dim 512 --out-dim 512 --freeze-last-layer-epochs 0 --tau-base 0.99" ;;
+    mae) echo "--lr 3e-3 --mask-ratio 0.5 --decoder-dim 128 --decoder-depth 2 --decoder-heads 4" \
+              "--finetune-epochs $QUICK_FINETUNE" ;;
     *) echo "" ;;
   esac
 }
@@ -128,7 +133,7 @@ steps_per_epoch() {  # --quick: batches of 128 per epoch of a dataset (drop_last
     *) echo $((50000 / 128)) ;;  # CIFAR-10, CIFAR-100
   esac
 }
-TWO_SEEDS="barlow_twins sdmi simsiam"  # --quick: the methods that were at or below random init get a second seed
+TWO_SEEDS="barlow_twins sdmi simsiam swav"  # --quick: a second seed where the quick runs were at or near random init
 seeds_of() {  # the seeds of a method (random_init: those of every run)
   if [ $QUICK = 1 ] && [ $SET_SEEDS = 0 ]; then
     for t in $TWO_SEEDS; do case " $1 $([ "$1" = random_init ] && echo "$METHODS") " in *" $t "*) echo "0 1"; return ;; esac; done

@@ -37,7 +37,7 @@ def test_quick_dry_run_prints_every_method_and_runs_nothing(tmp_path):
     assert res.returncode == 0 and not res.stderr, res.stderr
     cmds = [ln for ln in res.stdout.splitlines() if "/methods/" in ln]
     assert len(cmds) == 3 and all(f"--dataset imagefolder --data-dir {tmp_path / 'folder'}" in c for c in cmds)
-    assert "--finetune-epochs 1" in cmds[2] and sum("random init:" in ln for ln in res.stdout.splitlines()) == 1
+    assert "--finetune-epochs 2" in cmds[2] and sum("random init:" in ln for ln in res.stdout.splitlines()) == 1
     assert not (tmp_path / "runs").exists()
 
 
