@@ -222,13 +222,16 @@ class _Files(torch.utils.data.Dataset):
 
 
 def _images_per_sec(dataset, workers: int, collate, take=lambda b: b, init=None) -> float:
-    """Images/s of a DataLoader (batches of 32, persistent workers) over 2 passes, after one pass to start up; `take`:
-    what the main process does with each batch (ImageFiles.received, as common.Data does); `init`: the workers' init
+    """Images/s of a DataLoader (batches of 32, persistent workers) over 2 passes, after passes to start up: enough
+    that each worker has written every buffer of its ring (augment.RING) once, whose first writes fault in fresh
+    memory, as a training run does once in thousands of batches (every row gets the same warm-up); `take`: what the
+    main process does with each batch (ImageFiles.received, as common.Data does); `init`: the workers' init
     (augment's file_loader: _quiet_worker, which also keeps glibc from handing freed memory back)."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=32, num_workers=workers, collate_fn=collate,
                                          persistent_workers=True, worker_init_fn=init)
-    for _ in map(take, loader):
-        pass
+    for _ in range(max(1, -(-augment.RING * max(workers, 1) // len(loader)))):
+        for _ in map(take, loader):
+            pass
     t = time.perf_counter()
     for _ in range(2):
         for _ in map(take, loader):

@@ -142,6 +142,27 @@ def test_benchmark_prints_rows(tmp_path):
     assert len(aug) == 2 and float(row.split("|")[2].replace(",", "")) > 0 and float(row.split("|")[3]) > 0
 
 
+def test_benchmark_data_part_prints_every_row_of_the_large_image_path(tmp_path):
+    """benchmark.py --part data on a folder of large JPEGs: the previous path, the decoding workers, --decode gpu's
+    byte-reading workers, decode alone (PIL, torchvision) and the device part, each with a rate for both view sets."""
+    import torchvision
+    g = torch.Generator().manual_seed(0)
+    (tmp_path / "jpegs").mkdir()
+    for i in range(32):
+        torchvision.io.write_jpeg(torch.randint(0, 256, (3, 120, 100 + i), dtype=torch.uint8, generator=g),
+                                  str(tmp_path / "jpegs" / f"{i}.jpg"))
+    res = subprocess.run([sys.executable, str(ROOT / "benchmark.py"), "--part", "data", "--data-dir",
+                          str(tmp_path / "jpegs"), "--images", "32", "--workers", "1"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = [ln.split("|")[1:-1] for ln in res.stdout.splitlines() if ln.startswith("| ") and ln.count("|") == 4]
+    labels = [r[0].strip() for r in rows[1:]]
+    assert [lab.split(":")[0].split(",")[0] for lab in labels] == [
+        "previous", "workers decode (torchvision) and pad; crops on the device", "--decode gpu", "decode alone",
+        "decode alone", "device part"], labels
+    assert all(float(v.replace(",", "")) > 0 for r in rows[1:] for v in r[1:])
+
+
 def test_quick_mae_random_init_is_fine_tuned_like_mae(tmp_path):
     """With MAE in the quick grid, the vit_mini network at random init is fine-tuned too (MAE's protocol), for the
     table's fine-tune gain. The random-init code once passed the epochs where finetune takes its scaler."""
