@@ -888,7 +888,7 @@ class Run:
                 self.print(f"[{name}] fine-tune top-1 {ft:.2f} after {a.finetune_epochs} epochs ({FINETUNE_PROTOCOL})")
             self.results.update(method=self.method, dataset=a.dataset, backbone=a.backbone, seed=a.seed, epochs=epochs,
                                 steps=self.step_count, minutes=(time.time() - self.t0) / 60, processes=self.world,
-                                views_per_image=len(self.views))
+                                views_per_image=len(self.views), batch_size=a.batch_size)
             if self.main:
                 (self.dir / "results.json").write_text(json.dumps(self.results, indent=1))
                 self.kept.append("results.json")

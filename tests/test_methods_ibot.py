@@ -176,7 +176,7 @@ def test_ibot_runs_end_to_end(train, probe_inputs, capsys):
     total = [e.value for e in acc.Scalars("losses/total")]
     parts = [a.value + b.value for a, b in zip(acc.Scalars("losses/cls"), acc.Scalars("losses/patch"))]
     assert all(abs(a - b) < 1e-4 * max(1.0, abs(a)) for a, b in zip(total, parts))
-    assert t.results["steps"] == 3 and t.results["views_per_image"] == 4
+    assert t.results["steps"] == 3 and t.results["views_per_image"] == 4 and t.results["batch_size"] == 32
     ckpt = torch.load(t.dir / "last.pt", weights_only=True)
     assert ckpt["step"] == 3 and {"mask_token", "center", "center_patch"} <= set(ckpt["model"])
     after = t.run.model.state_dict()
