@@ -739,7 +739,7 @@ class Run:
 
     def update_lr(self, *optimizers) -> float:
         """Set each param group's lr to base_lr x warmup-cosine factor (groups with fixed_lr=True keep base_lr)."""
-        f = warmup_cosine(self.step_count - 1, self.total_steps, self.args.warmup_epochs * self.steps_per_epoch)
+        f = warmup_cosine(self.step_count - 1, self.total_steps, round(self.args.warmup_epochs * self.steps_per_epoch))
         for grp in (grp for o in optimizers or self.optimizers for grp in o.param_groups):
             grp["lr"] = grp["base_lr"] * (1.0 if grp.get("fixed_lr") else f)
         return (optimizers or self.optimizers)[0].param_groups[0]["lr"]

@@ -103,8 +103,8 @@ class Args:
     """base learning rate at batch 256 (scaled by batch_size/256)"""
     weight_decay: float = 0.04
     """weight decay (not applied to biases and norm parameters)"""
-    warmup_epochs: int = 10
-    """linear warmup epochs before the cosine decay"""
+    warmup_epochs: float = 10
+    """linear warmup epochs before the cosine decay (a fraction of an epoch allowed, e.g. 0.1)"""
     seed: int = 0
     """seed of weights, data order and augmentations"""
     device: str = "auto"

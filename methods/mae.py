@@ -93,8 +93,8 @@ class Args:
     """base learning rate at batch 256 (scaled by batch_size/256)"""
     weight_decay: float = 0.05
     """weight decay (not applied to biases and norm parameters)"""
-    warmup_epochs: int = 40
-    """linear warmup epochs before the cosine decay"""
+    warmup_epochs: float = 40
+    """linear warmup epochs before the cosine decay (a fraction of an epoch allowed, e.g. 0.1)"""
     seed: int = 0
     """seed of weights, data order and augmentations"""
     device: str = "auto"

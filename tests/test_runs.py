@@ -122,6 +122,18 @@ def test_simclr_learns(train):
     assert t.results["knn_top1"] >= baseline + 6, f"SimCLR kNN {t.results['knn_top1']:.2f} vs random init {baseline:.2f}"
 
 
+def test_a_fraction_of_an_epoch_of_warmup(train):
+    """--warmup-epochs 0.5 with 8 steps per epoch (256 images, batch 32): 4 warmup steps, the peak lr at step 5
+    (1-based), then the cosine; the lr each step logged is the one warmup_cosine gives (a short run warms up for part of
+    an epoch: run_all.sh --quick)."""
+    t = train(simclr, *TINY, "--warmup-epochs", 0.5, "--max-steps", 7, images=256)
+    assert t.run.steps_per_epoch == 8
+    lrs = [e.value for e in events(t.dir).Scalars("charts/learning_rate")]
+    base = simclr.Args.lr * 32 / 256
+    assert lrs == pytest.approx([base * common.warmup_cosine(s, t.run.total_steps, 4) for s in range(7)], rel=1e-5)
+    assert lrs[3] < 0.9 * base and lrs[4] == pytest.approx(base, rel=1e-6)
+
+
 def test_help_lists_the_shared_flags(tmp_path):
     res = run_script("methods/byol.py", "--help", cwd=tmp_path)
     assert res.returncode == 0
