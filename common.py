@@ -32,7 +32,7 @@ try:  # the slow imports (seconds; method files import common first): Ctrl-C mea
     import estimators
     from augment import (LARGE_MAX, Augment, ImageFiles, ViewSpec, decode_jpegs, file_loader, multicrop,  # noqa: F401
                          pad_images, read_image, read_jpeg_bytes)  # method files use them as common.X
-    from backbones import VIT_SIZES, TinyResNet, ViT, build_backbone, default_patch, mlp  # noqa: F401  (likewise)
+    from backbones import VIT_SIZES, MeanTokens, TinyResNet, ViT, build_backbone, default_patch, mlp  # noqa: F401
 except KeyboardInterrupt:
     sys.exit(130)
 
@@ -104,8 +104,7 @@ def average_gradients(*modules: nn.Module):
     world_size x its share and the mean is exactly the one-process gradient of the global batch. No-op alone."""
     grads = [p.grad for m in modules for p in m.parameters() if p.grad is not None]
     if world_size() > 1 and grads:
-        flat = torch.cat([g.reshape(-1) for g in grads]).div_(world_size())
-        dist.all_reduce(flat)
+        dist.all_reduce(flat := torch.cat([g.reshape(-1) for g in grads]).div_(world_size()))
         for g, v in zip(grads, flat.split([g.numel() for g in grads])):
             g.copy_(v.view_as(g))
 
@@ -406,11 +405,12 @@ class OnlineProbe(nn.Module):
         return loss.detach(), acc
 
 def finetune(backbone: nn.Module, feat_dim: int, data: Data, normalize, autocast, scaler, epochs: int, batch_size: int,
-             seed: int) -> float:
+             seed: int, pool: str = "cls") -> float:
     """End-to-end supervised fine-tuning of a copy of the backbone with a linear head (FINETUNE_PROTOCOL), each rank on
     its share of the labelled train split (not the SSL split, unlabelled on STL-10), gradients averaged (`scaler`: fp16
-    loss scaling); returns the test top-1."""
-    net = nn.Sequential(copy.deepcopy(backbone), nn.Linear(feat_dim, data.num_classes)).to(data.device).train()
+    loss scaling); returns the test top-1. pool "mean": the head reads a ViT's mean patch token (MeanTokens; MAE)."""
+    body = MeanTokens(copy.deepcopy(backbone)) if pool == "mean" else copy.deepcopy(backbone)
+    net = nn.Sequential(body, nn.Linear(feat_dim, data.num_classes)).to(data.device).train()
     net.requires_grad_(True)  # every parameter, also those fixed during SSL (MAE's sin-cos positions), as MAE does
     opt = make_optimizer("adamw", param_groups(net, 0.05), 5e-4 * batch_size / 256)
     view = ViewSpec(data.image_size, scale=(0.2, 1.0), jitter_p=0.0, gray_p=0.0)
@@ -882,10 +882,11 @@ class Run:
             if a.finetune_epochs:
                 ft = finetune(backbone, self.probe.fc.in_features, self.data, self.normalize, self.autocast,
                               torch.amp.GradScaler(self.device.type, enabled=self.scaler.is_enabled()),
-                              a.finetune_epochs, a.batch_size, a.seed)
+                              a.finetune_epochs, a.batch_size, a.seed, pool := getattr(a, "finetune_pool", "cls"))
                 self.results["finetune_top1"] = ft
                 self.writer.add_scalar("eval/finetune_top1", ft, self.step_count) if self.main else None
-                self.print(f"[{name}] fine-tune top-1 {ft:.2f} after {a.finetune_epochs} epochs ({FINETUNE_PROTOCOL})")
+                self.print(f"[{name}] fine-tune top-1 {ft:.2f} after {a.finetune_epochs} epochs ({FINETUNE_PROTOCOL}"
+                           f"{'; the head reads the mean patch token' if pool == 'mean' else ''})")
             self.results.update(method=self.method, dataset=a.dataset, backbone=a.backbone, seed=a.seed, epochs=epochs,
                                 steps=self.step_count, minutes=(time.time() - self.t0) / 60, processes=self.world,
                                 views_per_image=len(self.views), batch_size=a.batch_size)

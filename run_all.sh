@@ -185,9 +185,9 @@ with autocast():
 res = dict(method="random_init", dataset=dataset, backbone=backbone, seed=seed, steps=0,
            knn_top1=E.knn_top1(trf, trl, tef, tel, data.num_classes),
            linear_top1=E.linear_probe(net, trf, trl, tef, tel, data.num_classes, seed=seed), H_R=E.effective_rank(r))
-if int(ft):
+if int(ft):  # MAE's fine-tuning, its head on the mean patch token (mae.py's default --finetune-pool mean)
     res["finetune_top1"] = common.finetune(net, dim, data, norm, autocast, torch.amp.GradScaler(dev.type, enabled=False),
-                                           int(ft), 128, seed)
+                                           int(ft), 128, seed, "mean")
 Path(out).mkdir(parents=True, exist_ok=True)
 (Path(out) / "results.json").write_text(json.dumps(res, indent=1))
 print(f"random init {backbone} on {dataset}, seed {seed}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items()

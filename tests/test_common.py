@@ -408,6 +408,24 @@ def test_finetuning_trains_on_the_labelled_train_split(monkeypatch):
     assert 0 <= top1 <= 100
 
 
+
+def test_finetune_pool_mean_reads_the_mean_patch_token(monkeypatch):
+    """MeanTokens = the mean of the patch tokens of torchvision's own encoder pass (CLS left out); finetune(pool="mean")
+    puts it between the backbone copy and the head, pool "cls" does not."""
+    vit, dim = common.build_backbone("vit_mini", 32, 8)
+    x = torch.randn(3, 3, 32, 32)
+    z = vit._process_input(x)  # torchvision: patch embedding (N, L, D)
+    ref = vit.encoder(torch.cat([vit.class_token.expand(3, -1, -1), z], 1))[:, 1:].mean(1)
+    assert torch.allclose(common.MeanTokens(vit)(x), ref, atol=1e-5)
+    made, cls = [], common.MeanTokens
+    monkeypatch.setattr(common, "MeanTokens", lambda v: made.append(v) or cls(v))
+    d = common.Data("s", 10, 32, (0.5,) * 3, (0.25,) * 3, splits={s: common.make_synthetic(16, 0) for s in
+                                                                   ("ssl", "train", "test")})
+    for pool in ("cls", "mean"):
+        common.finetune(vit, dim, d, lambda t: t.float() / 255, contextlib.nullcontext,
+                        torch.amp.GradScaler("cpu", enabled=False), 1, 8, 0, pool)
+        assert len(made) == (pool == "mean") and all(v is not vit for v in made)  # a copy, never the backbone
+
 def test_labelled_cross_entropy_of_two_ranks_with_unequal_labelled_counts_is_the_global_mean(monkeypatch):
     """Two ranks simulated in one process (world_size 2, all_reduce sums what both ranks reduce): the mean of their
     gradients (what average_gradients takes), their loss and top-1 are one process's on the whole batch."""

@@ -151,7 +151,7 @@ def test_reconstruction_picture_undoes_the_patch_normalization():
         assert math.isclose(gray.mean().item(), 0.75, abs_tol=0.02)
 
 
-def test_mae_runs_end_to_end(train):
+def test_mae_runs_end_to_end(train, capsys):
     """32 images, batch 32: 1 step per epoch; --eval-every 2 evaluates after step 2 (epoch 2) and at the end (step 3,
     the --max-steps stop in epoch 3): images/reconstruction comes with both evaluations."""
     small = ("--decoder-dim", 32, "--decoder-depth", 1, "--decoder-heads", 4)
@@ -163,6 +163,7 @@ def test_mae_runs_end_to_end(train):
     assert {"losses/reconstruction", "losses/total", "losses/online_linear"} <= set(acc.Tags()["scalars"])
     assert all(math.isfinite(e.value) for e in acc.Scalars("losses/reconstruction"))
     assert 0 <= t.results["finetune_top1"] <= 100 and t.results["steps"] == 3
+    assert "fine-tune top-1" in (out := capsys.readouterr().out) and "the head reads the mean patch token" in out
     vit = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=12, num_heads=3, hidden_dim=192,
                                                mlp_dim=768)
     vit.heads = nn.Identity()
