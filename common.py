@@ -214,9 +214,7 @@ class Data:
     feed: torch.utils.data.DataLoader = None  # large images' training batches: files read by persistent workers
 
     large = property(lambda self: self.files is not None)  # images decoded by DataLoader workers or on the device
-
-    def __len__(self):
-        return len((self.files or self.splits)["ssl"][0])
+    __len__ = lambda self: len((self.files or self.splits)["ssl"][0])  # noqa: E731  (images of the SSL split)
 
     def ssl_batches(self, batch_size: int, epoch: int, seed: int, start: int = 0, split: str = "ssl"):
         """This rank's share of global batches start, start + 1... of an epoch of a split (drop_last): uint8 images
@@ -410,7 +408,9 @@ def finetune(backbone: nn.Module, feat_dim: int, data: Data, normalize, autocast
     its share of the labelled train split (not the SSL split, unlabelled on STL-10), gradients averaged (`scaler`: fp16
     loss scaling); returns the test top-1. pool "mean": the head reads a ViT's mean patch token (MeanTokens; MAE)."""
     body = MeanTokens(copy.deepcopy(backbone)) if pool == "mean" else copy.deepcopy(backbone)
-    net = nn.Sequential(body, nn.Linear(feat_dim, data.num_classes)).to(data.device).train()
+    with torch.random.fork_rng(devices=[]):  # the head from the seed alone: the same for any backbone and on every rank
+        torch.manual_seed(seed)
+        net = nn.Sequential(body, nn.Linear(feat_dim, data.num_classes)).to(data.device).train()
     net.requires_grad_(True)  # every parameter, also those fixed during SSL (MAE's sin-cos positions), as MAE does
     opt = make_optimizer("adamw", param_groups(net, 0.05), 5e-4 * batch_size / 256)
     view = ViewSpec(data.image_size, scale=(0.2, 1.0), jitter_p=0.0, gray_p=0.0)

@@ -426,6 +426,24 @@ def test_finetune_pool_mean_reads_the_mean_patch_token(monkeypatch):
                         torch.amp.GradScaler("cpu", enabled=False), 1, 8, 0, pool)
         assert len(made) == (pool == "mean") and all(v is not vit for v in made)  # a copy, never the backbone
 
+
+def test_finetune_head_comes_from_the_seed_not_the_global_random_state(monkeypatch):
+    """Two backbones compared by fine-tuning (MAE against its random init) get the same head for the same seed, whatever
+    ran before; another seed, another head; the global random state is left as it was."""
+    heads, make = [], common.make_optimizer
+    monkeypatch.setattr(common, "make_optimizer", lambda name, groups, lr: heads.append(
+        [p.detach().clone() for g in groups for p in g["params"] if p.shape[0] == 10]) or make(name, groups, lr))
+    backbone, dim = common.build_backbone("tiny", 32)
+    d = common.Data("s", 10, 32, (0.5,) * 3, (0.25,) * 3, splits={s: common.make_synthetic(16, 0) for s in
+                                                                   ("ssl", "train", "test")})
+    for state, seed in ((1, 0), (2, 0), (1, 1)):
+        torch.manual_seed(state)
+        common.finetune(backbone, dim, d, lambda t: t.float() / 255, contextlib.nullcontext,
+                        torch.amp.GradScaler("cpu", enabled=False), 1, 8, seed)
+        assert torch.equal(torch.rand(3), torch.manual_seed(state) and torch.rand(3))  # the global state: untouched
+    assert all(torch.equal(a, b) for a, b in zip(heads[0], heads[1])) and len(heads[0]) == 2  # head weight and bias
+    assert not torch.equal(heads[0][0], heads[2][0])
+
 def test_labelled_cross_entropy_of_two_ranks_with_unequal_labelled_counts_is_the_global_mean(monkeypatch):
     """Two ranks simulated in one process (world_size 2, all_reduce sums what both ranks reduce): the mean of their
     gradients (what average_gradients takes), their loss and top-1 are one process's on the whole batch."""
