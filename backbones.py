@@ -68,7 +68,6 @@ class ViT(torchvision.models.VisionTransformer):
         return z[:, 0] if cls_only else z
 
 
-
 class MeanTokens(nn.Module):
     """A ViT's feature as the mean of its patch tokens (after the encoder's LayerNorm), not its CLS token: MAE's
     fine-tuning head (the official global_pool averages before a fresh LayerNorm, fc_norm, instead)."""
@@ -79,6 +78,7 @@ class MeanTokens(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.vit.tokens(x)[:, 1:].mean(1)
+
 
 # width, heads, MLP width, depth. vit_mini (not a model of the papers): for runs of a few CPU minutes (run_all --quick)
 VIT_SIZES = {"vit_mini": (128, 2, 512, 4), "vit_tiny": (192, 3, 768, 12), "vit_small": (384, 6, 1536, 12)}
