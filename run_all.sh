@@ -194,6 +194,8 @@ res = dict(method="random_init", dataset=dataset, backbone=backbone, seed=seed, 
 if int(ft):  # MAE's fine-tuning, its head on the mean patch token (mae.py's default --finetune-pool mean)
     res["finetune_top1"] = common.finetune(net, dim, data, norm, autocast, torch.amp.GradScaler(dev.type, enabled=False),
                                            int(ft), 128, seed, "mean")
+elif (Path(out) / "results.json").exists():  # a grid without MAE keeps the fine-tune of one with it (the same network)
+    res.update({k: v for k, v in json.loads((Path(out) / "results.json").read_text()).items() if k == "finetune_top1"})
 Path(out).mkdir(parents=True, exist_ok=True)
 (Path(out) / "results.json").write_text(json.dumps(res, indent=1))
 print(f"random init {backbone} on {dataset}, seed {seed}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items()

@@ -183,3 +183,10 @@ def test_quick_mae_random_init_is_fine_tuned_like_mae(tmp_path):
     base = json.loads((tmp_path / "runs" / "imagefolder__runall_quick_random_init__0__vit_mini" / "results.json")
                       .read_text())
     assert base["backbone"] == "vit_mini" and 0 <= base["finetune_top1"] <= 100
+    res = bash("--quick", "--methods", "ibot", "--data-dir", str(tmp_path / "folder"), "--", "--max-steps", "1",
+               "--batch-size", "32", "--mi-every", "0", "--proj-hidden-dim", "32", "--out-dim", "32", "--device", "cpu",
+               cwd=tmp_path)  # a grid without MAE evaluates the random init again but keeps its fine-tune
+    assert res.returncode == 0, res.stderr[-2000:]
+    again = json.loads((tmp_path / "runs" / "imagefolder__runall_quick_random_init__0__vit_mini" / "results.json")
+                       .read_text())
+    assert again["finetune_top1"] == base["finetune_top1"] and abs(again["knn_top1"] - base["knn_top1"]) < 1e-6
