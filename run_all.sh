@@ -83,16 +83,17 @@ quick_recipe() {  # --quick only: the flags that make a few CPU minutes teach; t
     simclr) echo "--optimizer adamw --lr 2e-3 --weight-decay 1e-6 --proj-bn" ;;  # the ten-minute CPU recipe
     barlow_twins|byol|simsiam|sdmi|moco_v2) echo "--optimizer adamw --lr 2e-3 --weight-decay 1e-6" ;;  # README
     swav) echo "--optimizer adamw --lr 1e-3 --weight-decay 1e-6 --freeze-prototypes-epochs 0" ;;  # prototypes free
-    # The ViTs (vit_mini, README's searches): 2 local crops, smaller heads, last layer free, teacher momentum 0.99;
-    # DINO (ViT) and iBOT the same 38,400 images in 1200 steps of 32, a tenth of an epoch of warmup, lr 1e-3 (1.25e-4
-    # after scaling), 256 prototypes, teacher temperature 0.02 (DINO (ViT): momentum held at 0.99; iBOT: from 0.995,
-    # it has no --tau-final); MAE half the patches masked, lr 3e-3, a tenth of an epoch of warmup, a 2-epoch fine-tune (its
-    # head on the mean patch token, mae.py's default)
+    # The ViTs (vit_mini, README's searches): 2 local crops, smaller heads, last layer free, teacher momentum held at
+    # 0.99; DINO (ViT) and iBOT the same 38,400 images in 1200 steps of 32, a tenth of an epoch of warmup, lr 1e-3
+    # (1.25e-4 after scaling), 256 prototypes, teacher temperature 0.02; iBOT masks from half an epoch on (step 781 of
+    # 1,562; the official --pred_start_epoch: DINO's loss alone before); MAE half the patches masked, lr 3e-3, a tenth
+    # of an epoch of warmup, a 2-epoch fine-tune (its head on the mean patch token, mae.py's default)
     dino_vit) echo "--num-local-crops 2 --proj-hidden-dim 512 --num-prototypes 256 --freeze-last-layer-epochs 0" \
                    "--tau-base 0.99 --tau-final 0.99 --warmup-teacher-temp 0.02 --batch-size 32 --max-steps 1200" \
                    "--lr 1e-3 --warmup-epochs 0.1" ;;
-    ibot) echo "--num-local-crops 2 --proj-hidden-dim 512 --out-dim 256 --freeze-last-layer-epochs 0 --tau-base 0.995" \
-               "--warmup-teacher-temp 0.02 --batch-size 32 --max-steps 1200 --lr 1e-3 --warmup-epochs 0.1" ;;
+    ibot) echo "--num-local-crops 2 --proj-hidden-dim 512 --out-dim 256 --freeze-last-layer-epochs 0 --tau-base 0.99" \
+               "--tau-final 0.99 --pred-start-epochs 0.5 --warmup-teacher-temp 0.02 --batch-size 32 --max-steps 1200" \
+               "--lr 1e-3 --warmup-epochs 0.1" ;;
     mae) echo "--lr 3e-3 --mask-ratio 0.5 --decoder-dim 128 --decoder-depth 2 --decoder-heads 4" \
               "--warmup-epochs 0.1 --finetune-epochs $QUICK_FINETUNE" ;;
     *) echo "" ;;

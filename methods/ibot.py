@@ -15,10 +15,11 @@ Implementation details (defaults = official main_ibot.py ViT-S command at 32 px,
 2. Views: 2 global of 32 px, scale 0.4-1; 10 local (paper) of --local-crop-size px (0: the largest multiple of the patch
    <= size / 2), scale 0.05-0.4 (DINO's; paper 0.25-1 / 0.05-0.25), student only, unmasked, CLS loss only.
 3. Masks (official ImageFolderMask) per global view and image: fraction --pred-ratio 0 0.3 --pred-ratio-var 0 0.2 (half
-   unmasked, half U[0.1, 0.5]), in rectangles (count <= target, < 3 short on 8 x 8), drawn for the global batch.
+   unmasked, half U[0.1, 0.5]), in rectangles (count <= target, < 3 short on 8 x 8), drawn for the global batch; none
+   before --pred-start-epochs (official --pred_start_epoch, 0; fractions allowed: the patch loss is then 0).
 4. One head for CLS and patches (official --shared_head): MLP 2048-2048-256 (GELU), l2-norm, weight-normalized
    Linear(256, K), norm fixed to 1 (official default; its ViT-S command learns it), K = 4096 (paper 8192): --out-dim.
-   EMA 0.996 -> 1 (cosine). Temperatures: student 0.1, teacher CLS and patch 0.04 -> 0.07 over 30 epochs (np.linspace).
+   EMA 0.996 -> 1 (cosine; --tau-final). Temperatures: student 0.1, teacher CLS and patch 0.04 -> 0.07 in 30 epochs.
 5. Loss = CLS + patch (lambda1 = lambda2 = 1). CLS: DINO's (teacher global view i, student views v != i). Patch: student
    masked view i vs teacher view i; per image the sum of H(P_t, P_s) over its masked patches / max(1, count) (0 if none,
    official), mean over images. P_t = softmax((t - c) / T_t); centers c <- 0.9 c + 0.1 mean of the global batch
@@ -27,8 +28,7 @@ Implementation details (defaults = official main_ibot.py ViT-S command at 32 px,
    on weights, class and mask tokens, position embedding (official; biases, norms: 0); each parameter's gradient norm
    clipped to 3.0 (official); last layer frozen in epoch 1. 200 epochs (paper 800), batch 256 (1024), bf16/fp16 (paper fp16).
 7. Eval: main = the teacher (the official scripts evaluate it; backbone.pt), the student beside it (*_student); online
-   probe on the teacher's CLS of global view 1 (unmasked). R = CLS, Z = 256-d bottleneck.
-8. Other differences from the official code: dino_vit.py item 13 (ViT init, local position embeddings, fine-tuning).
+   probe on the teacher's CLS of global view 1 (unmasked). R = CLS, Z = 256-d bottleneck. Else: dino_vit.py item 13.
 """
 import copy
 import math
@@ -113,6 +113,8 @@ class Args:
     """output dimension K of the shared CLS / patch head (rows of the weight-normalized last layer)"""
     tau_base: float = 0.996
     """EMA momentum of the teacher at step 0"""
+    tau_final: float = 1.0
+    """EMA momentum of the teacher at the last step (cosine schedule per step)"""
     student_temp: float = 0.1
     """student softmax temperature (CLS and patches)"""
     teacher_temp: float = 0.07
@@ -129,6 +131,8 @@ class Args:
     """mean masked fractions; per view one is chosen uniformly (official --pred_ratio 0 0.3)"""
     pred_ratio_var: Tuple[float, ...] = (0.0, 0.2)
     """half-widths of the uniform masked fraction around each --pred-ratio (official --pred_ratio_var 0 0.2)"""
+    pred_start_epochs: float = 0.0
+    """epochs before masking starts: until then the student's views are intact and the loss is DINO's alone"""
     freeze_last_layer_epochs: int = 1
     """the head's last layer gets no update during the first N epochs (its gradient is cancelled)"""
     num_local_crops: int = 10
@@ -212,13 +216,6 @@ def update_center(center: torch.Tensor, teacher_out: torch.Tensor, momentum: flo
 
 
 @torch.no_grad()
-def ema_update(online: nn.Module, target: nn.Module, tau: float):
-    """target <- tau * target + (1 - tau) * online, parameter by parameter."""
-    for po, pt in zip(online.parameters(), target.parameters()):
-        pt.lerp_(po, 1 - tau)
-
-
-@torch.no_grad()
 def clip_gradients(module: nn.Module, clip: float):
     """Per parameter g <- g min(1, clip / (||g|| + 1e-6)), as the official clip_gradients (not clip_grad_norm_)."""
     for p in (p for p in module.parameters() if p.grad is not None and clip > 0):
@@ -259,9 +256,10 @@ def main(args: Args):
             lr = run.update_lr()
             wd = common.cosine_schedule(run.step_count - 1, run.total_steps, args.weight_decay, args.weight_decay_end)
             optimizer.param_groups[0]["weight_decay"] = wd  # group 0 = weights; biases and norms stay at 0
-            tau = common.cosine_schedule(run.step_count - 1, run.total_steps, args.tau_base, 1.0)
+            tau = common.cosine_schedule(run.step_count - 1, run.total_steps, args.tau_base, args.tau_final)
             views, n = aug(x, run.gen), len(y)
             drawn, _ = block_masks(2 * args.batch_size, grid, grid, args.pred_ratio, args.pred_ratio_var, run.gen)
+            drawn &= run.step_count - 1 >= args.pred_start_epochs * run.steps_per_epoch  # drawn anyway: same stream
             mask = torch.cat([run.shard(m) for m in drawn.view(2, args.batch_size, -1)])  # this process's (2n, L)
             glob = torch.cat(views[:2])  # both global views (2n, 3, size, size)
             with run.autocast():
@@ -287,7 +285,8 @@ def main(args: Args):
             update_center(model.center, common.gather(t_cls.transpose(0, 1)).transpose(0, 1), args.center_momentum)
             t_img = t_patch.mean(1).view(2, n, -1).transpose(0, 1)  # per-image patch means (n, 2, K), L each
             update_center(model.center_patch, common.gather(t_img).transpose(0, 1), args.center_momentum)
-            ema_update(student, teacher, tau)  # why after the step: the teacher follows the updated student
+            with torch.no_grad():  # why after the step: the teacher follows the updated student (tau t + (1 - tau) s)
+                torch._foreach_lerp_(list(teacher.parameters()), list(student.parameters()), 1 - tau)  # one call
             probe_loss, probe_acc = probe.update(tok_t[:n, 0], y)  # the teacher's R of global view 1 (evaluated)
             run.log({"losses/cls": loss_cls, "losses/patch": loss_patch, "losses/total": loss,
                      "losses/online_linear": probe_loss, "charts/online_linear_train_top1": probe_acc,

@@ -195,6 +195,22 @@ def test_ibot_runs_end_to_end(train, probe_inputs, capsys):
     check_the_teacher_is_the_main_result(t, probe_inputs, capsys.readouterr().out)
 
 
+def test_masking_starts_after_pred_start_epochs_and_the_momentum_can_be_held(train):
+    """8 steps an epoch, --pred-start-epochs 0.5: steps 1-4 mask nothing (the patch loss is 0: DINO's loss alone),
+    steps 5-6 mask; --tau-base 0.99 --tau-final 0.99 holds the momentum, and the teacher is that EMA of the student."""
+    t = train(ibot, *TINY, "--backbone", "vit_tiny", "--patch-size", 8, "--max-steps", 6, "--out-dim", 256,
+              "--num-local-crops", 0, "--pred-start-epochs", 0.5, "--tau-base", 0.99, "--tau-final", 0.99, images=256)
+    acc = events(t.dir)
+    patch = [e.value for e in acc.Scalars("losses/patch")]
+    assert len(patch) == 6 and all(abs(v) < 1e-9 for v in patch[:4]) and all(v > 0.1 for v in patch[4:]), patch
+    assert all(abs(e.value - 0.99) < 1e-6 for e in acc.Scalars("charts/momentum"))  # float32 events
+    model = t.run.model
+    student, teacher = dict(model.student.named_parameters()), dict(model.teacher.named_parameters())
+    before = {n: t.before["teacher." + n] for n in teacher}
+    assert all(not torch.equal(before[n], teacher[n]) for n in ("0.conv_proj.weight", "1.mlp.0.weight"))
+    assert all(not torch.equal(student[n], teacher[n]) for n in ("0.conv_proj.weight", "1.mlp.0.weight"))
+
+
 def test_ibot_refuses_a_resnet_and_unpaired_mask_ratios(train):
     with pytest.raises(common.UserError, match="ViT"):
         train(ibot, *TINY)
