@@ -85,7 +85,7 @@ quick_recipe() {  # --quick only: the flags that make a few CPU minutes teach; t
     swav) echo "--optimizer adamw --lr 1e-3 --weight-decay 1e-6 --freeze-prototypes-epochs 0" ;;  # prototypes free
     # The ViTs (vit_mini, README's searches): 2 local crops, smaller heads, last layer free, teacher momentum held at
     # 0.99; DINO (ViT) and iBOT the same 38,400 images in 1200 steps of 32, a tenth of an epoch of warmup, lr 1e-3
-    # (1.25e-4 after scaling), 256 prototypes, teacher temperature 0.02; iBOT masks from half an epoch on (step 781 of
+    # (1.25e-4 after scaling), 256 prototypes, teacher temperature 0.02; iBOT masks from half an epoch on (step 782 of
     # 1,562; the official --pred_start_epoch: DINO's loss alone before); MAE half the patches masked, lr 3e-3, a tenth
     # of an epoch of warmup, a 2-epoch fine-tune (its head on the mean patch token, mae.py's default)
     dino_vit) echo "--num-local-crops 2 --proj-hidden-dim 512 --num-prototypes 256 --freeze-last-layer-epochs 0" \
@@ -140,7 +140,7 @@ steps_per_epoch() {  # --quick: batches of 128 per epoch of a dataset (drop_last
     *) echo $((50000 / 128)) ;;  # CIFAR-10, CIFAR-100
   esac
 }
-TWO_SEEDS="barlow_twins sdmi simsiam swav dino_vit ibot mae"  # --quick: a second seed where a gain was once near or under 3
+TWO_SEEDS="barlow_twins sdmi simsiam swav dino_vit ibot mae"  # --quick: 2 seeds where a gain was once near or under 3
 seeds_of() {  # the seeds of a method (random_init: those of every run)
   if [ $QUICK = 1 ] && [ $SET_SEEDS = 0 ]; then
     for t in $TWO_SEEDS; do case " $1 $([ "$1" = random_init ] && echo "$METHODS") " in *" $t "*) echo "0 1"; return ;; esac; done

@@ -16,7 +16,7 @@ Implementation details (defaults = official main_ibot.py ViT-S command at 32 px,
    <= size / 2), scale 0.05-0.4 (DINO's; paper 0.25-1 / 0.05-0.25), student only, unmasked, CLS loss only.
 3. Masks (official ImageFolderMask) per global view and image: fraction --pred-ratio 0 0.3 --pred-ratio-var 0 0.2 (half
    unmasked, half U[0.1, 0.5]), in rectangles (count <= target, < 3 short on 8 x 8), drawn for the global batch; none
-   before --pred-start-epochs (official --pred_start_epoch, 0; fractions allowed: the patch loss is then 0).
+   before --pred-start-epochs (official --pred_start_epoch, 0; a fraction allowed), so the patch loss is 0 until then.
 4. One head for CLS and patches (official --shared_head): MLP 2048-2048-256 (GELU), l2-norm, weight-normalized
    Linear(256, K), norm fixed to 1 (official default; its ViT-S command learns it), K = 4096 (paper 8192): --out-dim.
    EMA 0.996 -> 1 (cosine; --tau-final). Temperatures: student 0.1, teacher CLS and patch 0.04 -> 0.07 in 30 epochs.

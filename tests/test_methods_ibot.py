@@ -197,7 +197,7 @@ def test_ibot_runs_end_to_end(train, probe_inputs, capsys):
 
 def test_masking_starts_after_pred_start_epochs_and_the_momentum_can_be_held(train):
     """8 steps an epoch, --pred-start-epochs 0.5: steps 1-4 mask nothing (the patch loss is 0: DINO's loss alone),
-    steps 5-6 mask; --tau-base 0.99 --tau-final 0.99 holds the momentum, and the teacher is that EMA of the student."""
+    steps 5-6 mask; --tau-base 0.99 --tau-final 0.99 holds the momentum, and the teacher moves without becoming the student."""
     t = train(ibot, *TINY, "--backbone", "vit_tiny", "--patch-size", 8, "--max-steps", 6, "--out-dim", 256,
               "--num-local-crops", 0, "--pred-start-epochs", 0.5, "--tau-base", 0.99, "--tau-final", 0.99, images=256)
     acc = events(t.dir)
