@@ -51,7 +51,7 @@ What is measured
   (RandomResizedCrop per view); (2) workers that only decode (torchvision) and pad (--decode cpu); (3) workers
   that only read the files (--decode gpu; the device's decoding is not in this row); (4) decode alone in PIL and
   in torchvision (the images stay in the worker: the ceiling of (2), which also pads and hands them over). (2)-(4)
-  run in workers set up as the training loader's (augment._quiet_worker); (1) in plain ones, as the previous code
+  run in workers set up as the training loader's (imagefiles.quiet_worker); (1) in plain ones, as the previous code
   did. Per image, a worker's time does not depend on the number of views in (2)-(4). Last row: views/s of the
   device's part, `area_resized_crop` of every view of a padded batch of 64 (with rrc_params), on the benchmark
   device.
@@ -77,8 +77,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-import augment  # noqa: E402
+from plumbing import augment  # noqa: E402
 import common  # noqa: E402
+from plumbing import data, distributed, imagefiles
 
 METHODS = sorted(p.stem for p in (ROOT / "methods").glob("*.py"))
 PEAK_BF16 = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12,
@@ -151,8 +152,8 @@ def sync(device):
 
 
 def bench_aug(device: torch.device, pil: bool):
-    x, _ = common.make_synthetic(2560, 0)
-    mean, std = common._stats(x)
+    x, _ = data.make_synthetic(2560, 0)
+    mean, std = data.image_stats(x)
     batch, rows = x[:256].to(device), []
     simclr = [common.ViewSpec(32, jitter=(0.8, 0.8, 0.8, 0.2), blur_p=0.5)] * 2
     byol = [common.ViewSpec(32), common.ViewSpec(32, solarize_p=0.2)]
@@ -214,7 +215,7 @@ class _Files(torch.utils.data.Dataset):
         import torchvision.transforms as T
         from PIL import Image
         if self.how == "torchvision":
-            return common.read_image(self.paths[i])
+            return imagefiles.read_image(self.paths[i])
         img = Image.open(self.paths[i]).convert("RGB")
         if self.how == "pil":
             return T.functional.pil_to_tensor(img)
@@ -223,13 +224,13 @@ class _Files(torch.utils.data.Dataset):
 
 def _images_per_sec(dataset, workers: int, collate, take=lambda b: b, init=None) -> float:
     """Images/s of a DataLoader (batches of 32, persistent workers) over 2 passes, after passes to start up: enough
-    that each worker has written every buffer of its ring (augment.RING) once, whose first writes fault in fresh
+    that each worker has written every buffer of its ring (imagefiles.RING) once, whose first writes fault in fresh
     memory, as a training run does once in thousands of batches (every row gets the same warm-up); `take`: what the
-    main process does with each batch (ImageFiles.received, as common.Data does); `init`: the workers' init
+    main process does with each batch (ImageFiles.received, as data.Data does); `init`: the workers' init
     (augment's file_loader: _quiet_worker, which also keeps glibc from handing freed memory back)."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=32, num_workers=workers, collate_fn=collate,
                                          persistent_workers=True, worker_init_fn=init)
-    for _ in range(max(1, -(-augment.RING * max(workers, 1) // len(loader)))):
+    for _ in range(max(1, -(-imagefiles.RING * max(workers, 1) // len(loader)))):
         for _ in map(take, loader):
             pass
     t = time.perf_counter()
@@ -253,13 +254,13 @@ def bench_data(args: Args, device: torch.device):
     for label, mode in (("workers decode (torchvision) and pad; crops on the device", "decode"),
                         ("--decode gpu: workers read the files; decode and crops on the device", "bytes")):
         files = (np.array([os.fsencode(p) for p in paths]), np.zeros(len(paths), dtype=np.int64))
-        ds = common.ImageFiles(files, 0, mode)
-        rate = _images_per_sec(ds, w, ds.collate, ds.received, augment._quiet_worker) / w
+        ds = imagefiles.ImageFiles(files, 0, mode)
+        rate = _images_per_sec(ds, w, ds.collate, ds.received, imagefiles.quiet_worker) / w
         rows.append((label, rate * 2, rate * 12))
     for how in ("pil", "torchvision"):
-        rate = _images_per_sec(_Files(paths, how), w, len, init=augment._quiet_worker) / w  # decoding only
+        rate = _images_per_sec(_Files(paths, how), w, len, init=imagefiles.quiet_worker) / w  # decoding only
         rows.append((f"decode alone, {'PIL' if how == 'pil' else 'torchvision.io.decode_image'}", rate * 2, rate * 12))
-    x, hw = common.pad_images([common.read_image(p, common.LARGE_MAX) for p in (paths * 64)[:64]])
+    x, hw = imagefiles.pad_images([imagefiles.read_image(p, imagefiles.LARGE_MAX) for p in (paths * 64)[:64]])
     x, hw, g = x.to(device).float(), hw.to(device), torch.Generator(device=device).manual_seed(0)
     rates = []
     for views in (pair, dino):
@@ -595,7 +596,7 @@ def write_jpegs(root: Path, n: int, size, classes: int, seed: int):
     that files and decoding cost about what photographs do (large ones: 32 distinct images, then copies)."""
     from PIL import Image
     import io
-    x, y = common.make_synthetic(n if size[0] <= 64 else min(n, 32), seed, size=64, num_classes=classes)
+    x, y = data.make_synthetic(n if size[0] <= 64 else min(n, 32), seed, size=64, num_classes=classes)
     rng, blobs = np.random.default_rng(seed), []
     for im in x:
         a = np.asarray(Image.fromarray(im.permute(1, 2, 0).numpy()).resize(size, Image.BILINEAR), dtype=np.int16)
@@ -697,7 +698,7 @@ def part_c(c: Check) -> List[dict]:
 def gpu_check(args: Args):
     """--part gpu-check: (a), (b), (c) of the top of this file into OUT/report.md and OUT/report.json; each part
     catches its own failure, says it in the report and the check goes on; the report is rewritten after each part."""
-    device = common.pick_device(args.device)
+    device = distributed.pick_device(args.device)
     size = TINY if args.tiny or device.type != "cuda" else FULL
     methods = TINY_METHODS if size is TINY and args.methods == METHODS else args.methods
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
@@ -835,7 +836,7 @@ def main(args: Args):
         return gpu_check(args)
     if args.steps < 4:
         raise common.UserError("--steps must be at least 4 (the first 3 are not timed).")
-    device = common.pick_device(args.device)
+    device = distributed.pick_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"# benchmark on {name}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
     if args.part in ("all", "aug"):

@@ -246,7 +246,8 @@ def linear_probe(backbone: torch.nn.Module, train_f, train_y, test_f, test_y, nu
     before = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
     grads = [p.grad for p in backbone.parameters()]
     mu, sd = train_f.mean(0), train_f.std(0) + 1e-6
-    train_f, test_f, g = (train_f - mu) / sd, (test_f - mu) / sd, torch.Generator().manual_seed(seed)
+    train_f, test_f = (train_f - mu) / sd, (test_f - mu) / sd
+    g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):  # a seeded classifier init, leaving the global RNG untouched
         torch.manual_seed(seed)
         clf = torch.nn.Linear(train_f.shape[1], num_classes).to(train_f.device)

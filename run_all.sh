@@ -174,27 +174,36 @@ import json, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import torch
-import common, estimators as E
+import estimators
+from plumbing import augment, backbones, data as datasets, distributed, evaluation
 _, _, dataset, data_dir, backbone, seed, ft, out = sys.argv
-seed, vit = int(seed), backbone.startswith("vit")
-dev = common.pick_device("auto")
+seed = int(seed)
+vit = backbone.startswith("vit")
+dev = distributed.pick_device("auto")
 torch.manual_seed(seed)  # as common.Run: the seed, the data, then the backbone's weights
-data = common.load_data(dataset, data_dir, seed, dev)
-net, dim = common.build_backbone(backbone, data.image_size, 8 if vit else 0)
+data = datasets.load_data(dataset, data_dir, seed, dev)
+net, dim = backbones.build_backbone(backbone, data.image_size, 8 if vit else 0)
 net = net.to(dev).eval()
 mean, std = (torch.tensor(v, device=dev).view(1, 3, 1, 1) for v in (data.mean, data.std))
-norm = lambda x: (x.float() / 255 - mean) / std  # noqa: E731
-autocast = lambda: torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")  # noqa: E731
+def norm(x):
+    return (x.float() / 255 - mean) / std
+
+
+def autocast():
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+
+
 with autocast():
-    (trf, trl), (tef, tel) = (common.extract_features(net, data, s, norm) for s in ("train", "test"))
-    view = common.Augment([common.ViewSpec(data.image_size)], data.mean, data.std)  # as the runs' held-out view 1
+    (trf, trl), (tef, tel) = (evaluation.extract_features(net, data, s, norm) for s in ("train", "test"))
+    view = augment.Augment([augment.ViewSpec(data.image_size)], data.mean, data.std)  # as the runs' held-out view 1
     r = net(view(next(data.eval_batches("test", 256))[0], torch.Generator(dev).manual_seed(12345))[0]).float()
 res = dict(method="random_init", dataset=dataset, backbone=backbone, seed=seed, steps=0,
-           knn_top1=E.knn_top1(trf, trl, tef, tel, data.num_classes),
-           linear_top1=E.linear_probe(net, trf, trl, tef, tel, data.num_classes, seed=seed), H_R=E.effective_rank(r))
+           knn_top1=estimators.knn_top1(trf, trl, tef, tel, data.num_classes),
+           linear_top1=estimators.linear_probe(net, trf, trl, tef, tel, data.num_classes, seed=seed),
+           H_R=estimators.effective_rank(r))
 if int(ft):  # MAE's fine-tuning, its head on the mean patch token (mae.py's default --finetune-pool mean)
-    res["finetune_top1"] = common.finetune(net, dim, data, norm, autocast, torch.amp.GradScaler(dev.type, enabled=False),
-                                           int(ft), 128, seed, "mean")
+    scaler = torch.amp.GradScaler(dev.type, enabled=False)
+    res["finetune_top1"] = evaluation.finetune(net, dim, data, norm, autocast, scaler, int(ft), 128, seed, "mean")
 elif (Path(out) / "results.json").exists():  # a grid without MAE keeps the fine-tune of one with it (the same network)
     res.update({k: v for k, v in json.loads((Path(out) / "results.json").read_text()).items() if k == "finetune_top1"})
 Path(out).mkdir(parents=True, exist_ok=True)

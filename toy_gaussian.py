@@ -72,7 +72,8 @@ import torch.nn.functional as F  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT)), sys.path.insert(0, str(ROOT / "methods"))
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "methods"))
 import common  # noqa: E402
 import estimators  # noqa: E402
 
@@ -347,7 +348,9 @@ def separation(e, y):
 @torch.no_grad()
 def evaluate(m, x_centers, xv1, xv2, x_eval):
     m.eval()
-    centers, z1, z2, e = m.f(x_centers), m.f(xv1), m.f(xv2), m.f(x_eval)
+    centers = m.f(x_centers)
+    z1, z2 = m.f(xv1), m.f(xv2)
+    e = m.f(x_eval)
     mi = estimators.mi_estimates(z1, z2)  # the same estimates every method script logs
     m.train()
     return centers.numpy(), mi, e.numpy()
@@ -365,9 +368,11 @@ def train_trajectories(name, a, data, w):
     for t in range(a.steps + 1):
         if t % a.record_every == 0 or t == a.steps:
             c, mi, e = evaluate(m, centers, xv1, xv2, x_eval)
-            rec["step"].append(t), rec["centers"].append(c)
+            rec["step"].append(t)
+            rec["centers"].append(c)
             for k, v in mi.items():
-                rec[k].append(v), w.add_scalar(k, v, t)
+                rec[k].append(v)
+                w.add_scalar(k, v, t)
         if t == a.steps:
             break
         xb = x[torch.randint(len(x), (a.batch_size,), generator=g)]
@@ -383,7 +388,9 @@ def train_trajectories(name, a, data, w):
             for k, v in terms.items():
                 w.add_scalar(f"losses/{k}", float(v.detach()), t)
             w.add_scalar("losses/total", loss.item(), t)
-    rec["centers"], rec["final_embed"], rec["seconds"] = np.stack(rec["centers"]), e, time.time() - t0
+    rec["centers"] = np.stack(rec["centers"])
+    rec["final_embed"] = e
+    rec["seconds"] = time.time() - t0
     return rec
 
 
@@ -407,7 +414,8 @@ def plot_trajectories(recs, y_eval, path):
             ax.scatter(proj[:, c, 0], proj[:, c, 1], s=8, color=[(*colors[c], al) for al in alpha], linewidths=0)
             ax.scatter(*proj[-1, c], s=60, color=colors[c], edgecolors="k", zorder=3, label=f"center {c}")
         ax.set_title(f"{name}  (separation {rec['sep_cos']:.2f})")
-        ax.set_xlabel("PC 1"), ax.set_ylabel("PC 2")
+        ax.set_xlabel("PC 1")
+        ax.set_ylabel("PC 2")
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7, loc="best")
@@ -426,7 +434,8 @@ def plot_mi(recs, n_pairs, path):
         if k == "mi/infonce":  # InfoNCE <= log N
             bound = ax.axhline(math.log(n_pairs), color="gray", ls="--", lw=1, label=f"log N = {math.log(n_pairs):.2f}")
             ax.legend(handles=[bound], fontsize=8, loc="lower right")
-        ax.set_title(f"{title} (cosine critic, T = {estimators.MI_TEMPERATURE})"), ax.set_xlabel("step")
+        ax.set_title(f"{title} (cosine critic, T = {estimators.MI_TEMPERATURE})")
+        ax.set_xlabel("step")
         ax.set_ylabel("nats" if k != "mi/jsd" else "JSD estimate")
     axes[0].legend(fontsize=8)
     fig.suptitle(f"MI estimates between the two views' embeddings on a fixed held-out set of {n_pairs} pairs")
@@ -441,8 +450,8 @@ def run_trajectories(a, out):
     x_eval, y_eval = sample_blobs(c, a.n_samples, a.cluster_std, rng)  # held out: same centers, fresh samples
     xv = x_eval[:512]
     noise = rng.standard_normal((2,) + xv.shape) * a.aug_std
-    f32 = lambda v: torch.tensor(v, dtype=torch.float32)  # noqa: E731
-    data = (f32(x), f32(xv + noise[0]), f32(xv + noise[1]), f32(x_eval), f32(c))
+    arrays = (x, xv + noise[0], xv + noise[1], x_eval, c)
+    data = tuple(torch.tensor(v, dtype=torch.float32) for v in arrays)
     recs = {}
     for name in a.methods:
         w = writer(out / name, a)
@@ -496,7 +505,9 @@ def run_pca(a, out):
             ax.set_xscale("log")
             fixed = (f"cluster_std = {a.fixed_cluster_std}" if sw == "n_features"
                      else f"n_features = {a.fixed_n_features}")
-            ax.set_title(f"{k} components, {fixed}"), ax.set_xlabel(sw), ax.set_ylabel("I(R;Z) [nats]")
+            ax.set_title(f"{k} components, {fixed}")
+            ax.set_xlabel(sw)
+            ax.set_ylabel("I(R;Z) [nats]")
             for j, v in enumerate(mean):
                 w.add_scalar(f"pca_k{k}/I_RZ_vs_{sw}", v, j)
                 w.add_scalar(f"pca_k{k}/{sw}_value", xs[j], j)
@@ -544,14 +555,19 @@ def run_mlp(a, out):
         g = torch.Generator().manual_seed(a.seed + 1)
         enc, proj = mlp_nets(a.mlp_features)
         opt = torch.optim.Adam([*enc.parameters(), *proj.parameters()], lr=a.mlp_lr, betas=(0.9, 0.999))
-        w, step, t0 = writer(out / name, a), 0, time.time()
+        w = writer(out / name, a)
+        step = 0
+        t0 = time.time()
         curve = {"epoch": [], "I_XR": [], "I_XZ": []}
         for epoch in range(a.epochs + 1):
             with torch.no_grad():
                 r = enc(x)
                 i_xr, i_xz = gaussian_mi_rz(x, r, a.ridge, scale), gaussian_mi_rz(x, proj(r), a.ridge, scale)
-            curve["epoch"].append(epoch), curve["I_XR"].append(i_xr), curve["I_XZ"].append(i_xz)
-            w.add_scalar("mi/I_XR", i_xr, step), w.add_scalar("mi/I_XZ", i_xz, step)
+            curve["epoch"].append(epoch)
+            curve["I_XR"].append(i_xr)
+            curve["I_XZ"].append(i_xz)
+            w.add_scalar("mi/I_XR", i_xr, step)
+            w.add_scalar("mi/I_XZ", i_xz, step)
             if epoch == a.epochs:
                 break
             for idx in torch.randperm(len(x), generator=g).split(a.mlp_batch_size):
@@ -574,7 +590,9 @@ def run_mlp(a, out):
                            (axes[1], "I_XZ", "I(X;Z), Z = projector output (5-d)")):
         for name, c in curves.items():
             ax.plot(c["epoch"], c[key], label=name)
-        ax.set_title(title), ax.set_xlabel("epoch"), ax.set_ylabel("nats")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("nats")
     axes[0].legend()
     ridge_txt = ridge_caption(a.ridge, scale)
     fig.suptitle(f"Closed-form Gaussian MI between the clean data X (5 blobs, std {a.mlp_cluster_std}, "

@@ -211,6 +211,7 @@ def main(args: Args):
                                       args.lr * args.batch_size / 256)
     probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
     run.track(model, optimizer, {"main": (backbone, projector)}, probe)
+    run.restart_from_checkpoint()  # --resume: the tracked weights and states, step and RNG as saved
 
     @torch.no_grad()
     def measure_alpha(epoch: int):

@@ -155,7 +155,8 @@ def main(args: Args):
     size = run.data.image_size
     views = [common.ViewSpec(size, jitter=(0.8, 0.8, 0.8, 0.2), blur_p=0.5)] * 2  # symmetric views
     if args.num_local_crops:  # SwAV's multi-crop scales: local 0.05-0.14, global 0.14-1
-        views = common.multicrop(views, args.num_local_crops, args.local_crop_size or size // 2, (0.05, 0.14), (0.14, 1))
+        local_size = args.local_crop_size or size // 2
+        views = common.multicrop(views, args.num_local_crops, local_size, (0.05, 0.14), (0.14, 1))
     aug = run.augment(views)
     backbone, feat_dim = common.build_backbone(args.backbone, size, args.patch_size)
     projector = common.mlp(feat_dim, args.proj_hidden_dim, args.proj_output_dim)
@@ -171,6 +172,7 @@ def main(args: Args):
                                       args.lr * args.batch_size / 256)
     probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
     run.track(model, optimizer, {"main": (backbone, projector)}, probe)
+    run.restart_from_checkpoint()  # --resume: the tracked weights and states, step and RNG as saved
 
     for epoch in run.epochs():
         if epoch > 0 and not run.resumed_mid_epoch:  # k-means of the memory of the previous epochs -> prototypes
@@ -180,7 +182,8 @@ def main(args: Args):
                 init = memory[torch.randperm(len(memory), generator=g)[:len(c)].to(memory.device)]
                 centroids, model.assignments[h] = kmeans(memory, init, args.kmeans_iterations)
                 c.copy_(centroids)
-            common.broadcast_(model.assignments, *prototypes)  # rank 0's clustering on all (CUDA atomics may differ)
+            # rank 0's clustering on every rank (CUDA's atomics may differ)
+            common.broadcast_tensors(model.assignments, *prototypes)
         clusters_used = sum((torch.bincount(a[a >= 0]) > 0).sum() for a in model.assignments) / len(prototypes)
         for x, y in run.batches(epoch):
             lr = run.update_lr()

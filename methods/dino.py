@@ -149,7 +149,8 @@ class DINOHead(nn.Module):
                                  nn.Linear(hidden_dim, bottleneck_dim))
         for m in self.mlp:
             if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02), nn.init.zeros_(m.bias)
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
         self.last_layer = nn.Linear(bottleneck_dim, num_prototypes, bias=False)  # V (K, bottleneck_dim)
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
@@ -204,6 +205,7 @@ def main(args: Args):
     probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
     run.track(model, optimizer, {"teacher": (teacher[0], teacher[1].mlp), "student": (backbone, head.mlp)}, probe,
               branches=(student, teacher))  # mi/*: student against teacher outputs, what the loss compares
+    run.restart_from_checkpoint()  # --resume: the tracked weights and states, step and RNG as saved
 
     for epoch in run.epochs():
         head.last_layer.requires_grad_(epoch >= args.freeze_last_layer_epochs)  # frozen: no gradient, not updated

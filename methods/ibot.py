@@ -26,7 +26,8 @@ Implementation details (defaults = official main_ibot.py ViT-S command at 32 px,
    (gathered; patch center: of per-image means). Per-image losses: several processes need no gather.
 6. AdamW, lr 5e-4 x batch/256, 10 warmup epochs, cosine to 0 (official 1e-6); weight decay 0.04 -> 0.4 cosine per step
    on weights, class and mask tokens, position embedding (official; biases, norms: 0); each parameter's gradient norm
-   clipped to 3.0 (official); last layer frozen in epoch 1. 200 epochs (paper 800), batch 256 (1024), bf16/fp16 (paper fp16).
+   clipped to 3.0 (official); last layer frozen in epoch 1. 200 epochs (paper 800), batch 256 (1024), bf16/fp16
+   (paper fp16).
 7. Eval: main = the teacher (the official scripts evaluate it; backbone.pt), the student beside it (*_student); online
    probe on the teacher's CLS of global view 1 (unmasked). R = CLS, Z = 256-d bottleneck. Else: dino_vit.py item 13.
 """
@@ -153,7 +154,8 @@ class DINOHead(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
                                  nn.Linear(hidden_dim, bottleneck_dim))
         for m in self.mlp[::2]:  # the Linear layers
-            nn.init.trunc_normal_(m.weight, std=0.02), nn.init.zeros_(m.bias)
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
         self.last_layer = nn.Linear(bottleneck_dim, num_prototypes, bias=False)  # V (K, bottleneck_dim)
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
@@ -170,7 +172,9 @@ def block_masks(n: int, gh: int, gw: int, pred_ratio, pred_ratio_var, g: torch.G
     frac = sum((k == i) * (m + v * (2 * u - 1)) for i, (m, v) in enumerate(zip(pred_ratio, pred_ratio_var)))
     target, mask = frac * (gh * gw), torch.zeros(n, gh, gw, dtype=torch.bool, device=dev)  # no host-to-device copy
     rows, cols, idx = (torch.arange(d, device=dev) for d in (gh, gw, n))
-    low, a0, active = (min(gh, gw) // 3) ** 2, math.log(0.3), target > 0  # official min area, aspect in (0.3, 1/0.3)
+    low = (min(gh, gw) // 3) ** 2  # the official minimum area
+    a0 = math.log(0.3)  # aspect ratios in (0.3, 1 / 0.3)
+    active = target > 0
     # >= 1 patch a round for each active image: ceil(largest target) rounds finish all (fixed: the host reads nothing)
     for _ in range(min(gh * gw, math.ceil(max(map(sum, zip(pred_ratio, pred_ratio_var))) * gh * gw) + 1)):
         room = target - mask.flatten(1).sum(1)  # (N,) the official max_mask_patches
@@ -227,7 +231,8 @@ def main(args: Args):
         raise common.UserError("iBOT needs a ViT (--backbone vit_tiny, vit_mini...), one --pred-ratio-var per ratio.")
     run = common.Run(args, "ibot")
     size, p = run.data.image_size, args.patch_size or common.default_patch(run.data.image_size)  # p: the ViT's patch
-    grid, gs, ls = size // p, args.global_crops_scale, args.local_crops_scale  # grid x grid patches
+    grid = size // p  # grid x grid patches
+    gs, ls = args.global_crops_scale, args.local_crops_scale
     local_size = args.local_crop_size or max(p, size // 2 // p * p)  # 0: the largest multiple of p <= size / 2
     if local_size % p or local_size < 0:
         raise common.UserError(f"--local-crop-size {local_size} is not a positive multiple of the patch size {p}.")
@@ -247,6 +252,7 @@ def main(args: Args):
     probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
     run.track(model, optimizer, {"teacher": (teacher[0], teacher[1].mlp), "student": (backbone, head.mlp)}, probe,
               branches=(student, teacher))  # mi/*: student against teacher outputs, what the loss compares
+    run.restart_from_checkpoint()  # --resume: the tracked weights and states, step and RNG as saved
 
     for epoch in run.epochs():
         w, t0 = args.warmup_teacher_temp_epochs, args.warmup_teacher_temp  # per epoch, as np.linspace

@@ -153,8 +153,9 @@ def sincos_pos_embed(dim: int, grid: int, cls: bool = True) -> torch.Tensor:
     omega = 10000.0 ** -(torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))  # (dim/4,)
     row, col = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
                               indexing="ij")  # (grid, grid) each
-    angle = lambda pos: pos.reshape(-1, 1) * omega  # noqa: E731  (grid^2, dim/4)
-    emb = torch.cat([angle(col).sin(), angle(col).cos(), angle(row).sin(), angle(row).cos()], dim=1)  # (grid^2, dim)
+    x_angle = col.reshape(-1, 1) * omega  # (grid^2, dim/4)
+    y_angle = row.reshape(-1, 1) * omega
+    emb = torch.cat([x_angle.sin(), x_angle.cos(), y_angle.sin(), y_angle.cos()], dim=1)  # (grid^2, dim)
     return torch.cat([torch.zeros(int(cls), dim, dtype=emb.dtype), emb])[None].float()
 
 
@@ -217,7 +218,8 @@ class MAEDecoder(nn.Module):
         self.blocks.pos_embedding.requires_grad_(False).copy_(sincos_pos_embed(dim, round(num_patches ** 0.5)))
         self.pred = nn.Linear(dim, patch_dim)
         for m in (self.embed, self.pred):
-            nn.init.xavier_uniform_(m.weight), nn.init.zeros_(m.bias)
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
 
     def forward(self, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """tokens (N, 1 + L_keep, D_enc), CLS first; keep (N, L_keep) -> predicted patches (N, L, P)."""
@@ -236,7 +238,9 @@ def reconstruction_grid(backbone, decoder, x: torch.Tensor, args: Args, mean, st
     if args.norm_pix_loss:  # back to pixels with the true patch's mean and variance
         pred = pred * (patches.var(-1, keepdim=True) + 1e-6).sqrt() + patches.mean(-1, keepdim=True)
     mean, std = (torch.tensor(s, device=x.device).repeat(p * p) for s in (mean, std))  # (P,): channel is fastest
-    pix, pred, m = patches * std + mean, pred * std + mean, mask[..., None].bool()
+    pix = patches * std + mean
+    pred = pred * std + mean
+    m = mask[..., None].bool()
     shown = [pix, pix.masked_fill(m, 0.5), torch.where(m, pred, pix)]
     grid = torch.stack([unpatchify(t, p, size) for t in shown], dim=1).flatten(0, 1)  # (3n, 3, H, W)
     return torchvision.utils.make_grid(grid.clamp(0, 1).cpu(), nrow=3)
@@ -260,6 +264,7 @@ def main(args: Args):
                                       args.lr * args.batch_size / 256, betas=(0.9, 0.95))
     probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
     run.track(model, optimizer, {"main": (backbone, decoder.embed)}, probe)
+    run.restart_from_checkpoint()  # --resume: the tracked weights and states, step and RNG as saved
     show = run.normalize(next(run.data.eval_batches("test", args.num_show))[0])  # a few fixed test images
 
     for epoch in run.epochs():
@@ -283,7 +288,7 @@ def main(args: Args):
             run.log({"losses/reconstruction": loss, "losses/total": loss, "losses/online_linear": probe_loss,
                      "charts/online_linear_train_top1": probe_acc, "charts/learning_rate": lr})
         last = run.done or epoch == args.epochs - 1
-        if run.main and (last or args.eval_every and (epoch + 1) % args.eval_every == 0):  # with each evaluation
+        if run.rank0 and (last or args.eval_every and (epoch + 1) % args.eval_every == 0):  # with each evaluation
             pics = reconstruction_grid(backbone, decoder, show, args, run.data.mean, run.data.std)
             run.writer.add_image("images/reconstruction", pics, run.step_count)
     run.finish()

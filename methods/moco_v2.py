@@ -6,7 +6,8 @@ image among a queue of keys from past batches (InfoNCE over 1 positive + K negat
 encoder, an exponential moving average (EMA) of the query encoder that receives no gradient, so the keys in the
 queue change slowly and stay comparable. Collapse is prevented by the negatives: a constant embedding would match
 every queued key as well as its positive.
-MI reading (Sabby et al. 2025): SDMI paradigm (EMA key encoder behind a stop-gradient); the queue of past keys estimates the marginal term.
+MI reading (Sabby et al. 2025): SDMI paradigm (EMA key encoder behind a stop-gradient); the queue of past keys
+estimates the marginal term.
 
     python methods/moco_v2.py --dataset cifar10
     python methods/moco_v2.py --dataset synthetic --backbone tiny --epochs 5      # CPU, no files needed
@@ -165,6 +166,7 @@ def main(args: Args):
                                       args.lr * args.batch_size / 256)
     probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
     run.track(model, optimizer, {"main": (backbone, projector)}, probe, branches=(online, momentum))  # query, key
+    run.restart_from_checkpoint()  # --resume: the tracked weights and states, step and RNG as saved
 
     for epoch in run.epochs():
         for x, y in run.batches(epoch):

@@ -145,6 +145,7 @@ def main(args: Args):
     probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
     run.track(model, optimizer, {"main": (backbone, projector)}, probe,
               branches=(nn.Sequential(online, predictor), momentum))  # mi/*: queries against keys
+    run.restart_from_checkpoint()  # --resume: the tracked weights and states, step and RNG as saved
 
     for epoch in run.epochs():
         for x, y in run.batches(epoch):

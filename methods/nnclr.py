@@ -6,7 +6,8 @@ SimCLR with a different positive: for view 1 of an image, the positive is its ne
 batch's predictions (InfoNCE). The neighbour is another image, so the positives carry more semantic variation than
 two crops of one image. Collapse is prevented by the in-batch negatives, as in SimCLR; the neighbour comes from the
 support set and receives no gradient.
-MI reading (Sabby et al. 2025): JMI paradigm, one shared encoder; in-batch negatives estimate the marginal term (the positive is a support-set neighbour).
+MI reading (Sabby et al. 2025): JMI paradigm, one shared encoder; in-batch negatives estimate the marginal term (the
+positive is a support-set neighbour).
 
     python methods/nnclr.py --dataset cifar10
     python methods/nnclr.py --dataset synthetic --backbone tiny --epochs 5      # CPU, no files needed
@@ -159,6 +160,7 @@ def main(args: Args):
                                       args.lr * args.batch_size / 256)
     probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
     run.track(model, optimizer, {"main": (backbone, projector)}, probe)
+    run.restart_from_checkpoint()  # --resume: the tracked weights and states, step and RNG as saved
 
     for epoch in run.epochs():
         for x, y in run.batches(epoch):
@@ -169,7 +171,8 @@ def main(args: Args):
                 z1, z2 = projector(r1), projector(r2)  # Z: (n, proj_output_dim)
                 p1, p2 = predictor(z1), predictor(z2)  # (n, proj_output_dim)
             z1, z2 = (common.gather(F.normalize(z.float(), dim=1)) for z in (z1, z2))  # (N, D): the global batch
-            p1, p2, y_all = common.gather(p1.float()), common.gather(p2.float()), common.gather(y)
+            p1, p2 = common.gather(p1.float()), common.gather(p2.float())
+            y_all = common.gather(y)
             idx1, nn1 = nearest_neighbour(z1, support.z)  # why no gradient: the neighbour is a stored projection
             _, nn2 = nearest_neighbour(z2, support.z)
             loss = (nnclr_loss(nn1, p2, args.temperature) + nnclr_loss(nn2, p1, args.temperature)) / 2

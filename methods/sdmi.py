@@ -178,6 +178,7 @@ def main(args: Args):
     probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
     run.track(model, [opt_f, opt_g], {"main": (f_backbone, f_projector), "g": (g_backbone, g_projector)}, probe,
               branches=(nn.Sequential(f, h), g))  # mi/*: h(f(x_a)) against g(x_b), what the bound compares
+    run.restart_from_checkpoint()  # --resume: the tracked weights and states, step and RNG as saved
 
     for epoch in run.epochs():
         for x, y in run.batches(epoch):

@@ -135,6 +135,7 @@ def main(args: Args):
     probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
     run.track(model, optimizer, {"main": (backbone, projector)}, probe,  # mi/*: what the loss compares
               branches=(nn.Sequential(backbone, projector, predictor), nn.Sequential(backbone, projector)))
+    run.restart_from_checkpoint()  # --resume: the tracked weights and states, step and RNG as saved
 
     for epoch in run.epochs():
         for x, y in run.batches(epoch):

@@ -167,7 +167,8 @@ def main(args: Args):
     size = run.data.image_size
     views = [common.ViewSpec(size, jitter=(0.8, 0.8, 0.8, 0.2), blur_p=0.5)] * 2  # symmetric views
     if args.num_local_crops:  # paper's multi-crop scales: local 0.05-0.14, global 0.14-1
-        views = common.multicrop(views, args.num_local_crops, args.local_crop_size or size // 2, (0.05, 0.14), (0.14, 1))
+        local_size = args.local_crop_size or size // 2
+        views = common.multicrop(views, args.num_local_crops, local_size, (0.05, 0.14), (0.14, 1))
     aug = run.augment(views)
     backbone, feat_dim = common.build_backbone(args.backbone, size, args.patch_size)
     projector = common.mlp(feat_dim, args.proj_hidden_dim, args.proj_output_dim)
@@ -179,6 +180,7 @@ def main(args: Args):
                                       args.lr * args.batch_size / 256)
     probe = common.OnlineProbe(feat_dim, run.data.num_classes, run.device)
     run.track(model, optimizer, {"main": (backbone, projector)}, probe)
+    run.restart_from_checkpoint()  # --resume: the tracked weights and states, step and RNG as saved
 
     for epoch in run.epochs():
         prototypes.requires_grad_(epoch >= args.freeze_prototypes_epochs)  # frozen: no gradient, not updated

@@ -122,7 +122,8 @@ def main():
         grads = {k: p.grad.detach().clone() for m, pre in ((self.model, ""), (self.probe, "probe"))
                  for k, p in m.named_parameters(prefix=pre) if p.grad is not None}
         torch.save({"grads": grads, "state": state}, out / f"{self.label}_world{self.world}_rank{self.rank}.pt")
-        self.writer.close() if self.main else None
+        if self.rank0:
+            self.writer.close()
 
     common.load_data, common.Run.track, common.Run.finish = small, track_spy, finish_spy
     for label in names:

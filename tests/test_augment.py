@@ -5,7 +5,8 @@ import torch
 import torchvision.transforms as T
 import torchvision.transforms.v2.functional as TF
 
-import augment as A
+from plumbing import augment as A
+from plumbing import imagefiles
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -251,7 +252,7 @@ def test_augment_multicrop():
 def _padded(sizes, seed=0):
     g = torch.Generator().manual_seed(seed)
     ims = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g) for h, w in sizes]
-    return ims, A.pad_images(ims)
+    return ims, imagefiles.pad_images(ims)
 
 
 def test_augment_padded_batch_of_images_of_different_sizes():
@@ -267,7 +268,7 @@ def test_augment_padded_batch_of_images_of_different_sizes():
     again = A.Augment(views, MEAN, STD)((more, hw), torch.Generator().manual_seed(0))
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(out, again))  # more padding: the same views
     for r in range(2):  # rank r of 2: its two images, padded to its own maximum, and its rows of every draw
-        part = A.pad_images(ims[2 * r:2 * r + 2])
+        part = imagefiles.pad_images(ims[2 * r:2 * r + 2])
         mine = A.Augment(views, MEAN, STD, shard=(r, 2))(part, torch.Generator().manual_seed(0))
         assert all(torch.allclose(a, b[2 * r:2 * r + 2], atol=1e-4) for a, b in zip(mine, out))
 

@@ -103,7 +103,7 @@ def test_adadim_alpha_is_remeasured_each_epoch(train):
     backbone, _ = common.build_backbone("tiny", 32)
     backbone.load_state_dict({k[9:]: v for k, v in t.before.items() if k.startswith("backbone.")})
     data, g = t.run.data, torch.Generator().manual_seed((0 + 1) * 100_003 + 0)  # seed 0, epoch 0: as adadim.py
-    aug, batches = common.Augment(t.run.views, data.mean, data.std), list(data.ssl_batches(64, 0, 1))
+    aug, batches = common.Augment(t.run.view_specs, data.mean, data.std), list(data.ssl_batches(64, 0, 1))
     with torch.no_grad():
         views = [aug(x, g)[0] for x, _, _ in batches]
         train_mode = sum(estimators.effective_rank(backbone.train()(v)) for v in views) / len(views)

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torchvision
 
 import common
+from plumbing import checkpoints
 import dino
 import dino_vit
 import ibot
@@ -131,7 +132,7 @@ def test_end_to_end_vit_tiny_and_the_last_layer_frozen_in_epoch_0(train, probe_i
     t = train(dino_vit, *TINY, *VIT, "--max-steps", 2, "--eval-every", 1, "--mi-every", 1, "--save-every", 1,
               images=64)
     ckpt = torch.load(t.dir / "last.pt", weights_only=True)
-    assert ckpt["format"] == common.CKPT_FORMAT and ckpt["method"] == "dino_vit" and ckpt["step"] == 2
+    assert ckpt["format"] == checkpoints.CKPT_FORMAT and ckpt["method"] == "dino_vit" and ckpt["step"] == 2
     assert "center" in ckpt["model"] and ckpt["model"]["center"].abs().sum() > 0  # the center is state, and moved
     vit = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=12, num_heads=3, hidden_dim=192,
                                                mlp_dim=768)
@@ -149,7 +150,7 @@ def test_end_to_end_vit_tiny_and_the_last_layer_frozen_in_epoch_0(train, probe_i
     out = capsys.readouterr().out
     assert t.results["views_per_image"] == 10 and "H(R)" in out
     check_the_teacher_is_the_main_result(t, probe_inputs, out)
-    sizes = [(v.size, v.scale, v.solarize_p, v.blur_p, v.jitter) for v in t.run.views]
+    sizes = [(v.size, v.scale, v.solarize_p, v.blur_p, v.jitter) for v in t.run.view_specs]
     glob = [(32, (0.4, 1.0), p, 0.0, (0.4, 0.4, 0.2, 0.1)) for p in (0.0, 0.2)]
     assert sizes == glob + [(16, (0.05, 0.4), 0.0, 0.0, (0.4, 0.4, 0.2, 0.1))] * 8
     # epoch 0: the last layer is exactly as initialized (no step, no weight decay), student and teacher; the rest moved

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 import common
+from plumbing import checkpoints
 import dino_vit
 import mae
 import moco_v2
@@ -189,7 +190,7 @@ def checkpoint(train):
 
 def test_checkpoints_hold_only_tensors_and_plain_values(checkpoint):
     state = torch.load(checkpoint[0], weights_only=True)  # would raise on any other pickled object
-    assert state["format"] == common.CKPT_FORMAT and state["step"] == 3
+    assert state["format"] == checkpoints.CKPT_FORMAT and state["step"] == 3
 
 
 @pytest.mark.parametrize("damage", ["empty", "truncated", "foreign", "pickled code", "backbone.pt", "missing"])
@@ -203,7 +204,7 @@ def test_an_unusable_checkpoint_is_one_line(cli, checkpoint, tmp_path, damage):
     elif damage == "foreign":
         torch.save({"weights": torch.zeros(3)}, bad)
     elif damage == "pickled code":
-        torch.save({"format": common.CKPT_FORMAT, "payload": os.system}, bad)  # a callable: weights_only refuses it
+        torch.save({"format": checkpoints.CKPT_FORMAT, "payload": os.system}, bad)  # a callable: weights_only refuses it
     elif damage == "backbone.pt":
         bad = path.parent / "backbone.pt"
     before = sorted(p.name for p in path.parent.iterdir())

@@ -8,6 +8,7 @@ import adadim
 import barlow_twins
 import byol
 import common
+from plumbing import checkpoints, evaluation
 import estimators
 import deepcluster_v2
 import dino
@@ -42,7 +43,7 @@ def test_every_method_runs_end_to_end(train, capsys, module):
     t = train(module, *TINY, "--max-steps", 3, "--eval-every", 1, "--mi-every", 2, "--save-every", 1,
               *SMALL_HEADS.get(module, []), images=512)
     ckpt = torch.load(t.dir / "last.pt", weights_only=True)  # plain tensors and values: no code in a checkpoint
-    assert ckpt["format"] == common.CKPT_FORMAT and ckpt["step"] == 3 and ckpt["batch_in_epoch"] == 3
+    assert ckpt["format"] == checkpoints.CKPT_FORMAT and ckpt["step"] == 3 and ckpt["batch_in_epoch"] == 3
     backbone, _ = common.build_backbone("tiny", 32)
     backbone.load_state_dict(torch.load(t.dir / "backbone.pt", weights_only=True), strict=True)
     tags = set(events(t.dir).Tags()["scalars"])
@@ -51,7 +52,7 @@ def test_every_method_runs_end_to_end(train, capsys, module):
     assert 0 <= t.results["knn_top1"] <= 100 and t.results["steps"] == 3
     out = capsys.readouterr().out
     assert "kNN top-1" in out and estimators.LINEAR_PROTOCOL in out and "H(R)" in out
-    for spec, want in zip(t.run.views, RECIPES[module]):  # the file's augmentation is the recipe its docstring names
+    for spec, want in zip(t.run.view_specs, RECIPES[module]):  # the file's augmentation is the recipe its docstring names
         assert {k: getattr(spec, k) for k in want} == want, (module.__name__, spec)
 
 
@@ -106,7 +107,7 @@ def random_init_knn(seed: int) -> float:
     backbone, _ = common.build_backbone("tiny", data.image_size)
     mean, std = (torch.tensor(s).view(1, 3, 1, 1) for s in (data.mean, data.std))
     norm = lambda x: (x.float() / 255 - mean) / std  # noqa: E731
-    (trf, trl), (tef, tel) = (common.extract_features(backbone, data, s, norm) for s in ("train", "test"))
+    (trf, trl), (tef, tel) = (evaluation.extract_features(backbone, data, s, norm) for s in ("train", "test"))
     return estimators.knn_top1(trf, trl, tef, tel, data.num_classes)
 
 

@@ -63,7 +63,7 @@ class SyncCounter(TorchDispatchMode):
         kwargs = kwargs or {}
         if self.window is not None and self.syncs(func._schema.name.split("::")[-1], args, kwargs):
             where = "".join(f"  {f.filename.split('/')[-1]}:{f.lineno} {f.line}\n" for f in traceback.extract_stack()
-                            if "/methods/" in f.filename or f.filename.endswith(("common.py", "augment.py")))
+                            if "/methods/" in f.filename or "/plumbing/" in f.filename or f.filename.endswith("common.py"))
             self.found.setdefault(self.window, []).append(f"{func}\n{where}")
         return func(*args, **kwargs)
 

@@ -1,10 +1,12 @@
-"""cleanssl's backbones, imported by common.py (method files use them as common.build_backbone, common.mlp): ResNets
+"""The backbones (method files use them as common.build_backbone, common.mlp): ResNets
 with the CIFAR stem, a narrow ResNet for CPU runs, and torchvision's VisionTransformer with a masked / subset forward
 and interpolated position embeddings (the ViT family)."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+
+from plumbing.errors import UserError
 
 Tensor = torch.Tensor
 
@@ -89,6 +91,23 @@ def default_patch(image_size: int) -> int:
     return 4 if image_size <= 32 else 8 if image_size <= 64 else 16
 
 
+def check_patch_size(backbone: str, image_size: int, patch_size: int, dataset: str):
+    """A ViT's patches must tile the images: else UserError (before any weight is built)."""
+    patch = patch_size or default_patch(image_size)
+    if backbone in VIT_SIZES and image_size % patch:
+        raise UserError(f"--patch-size {patch} does not divide the {image_size}-px images of {dataset}.")
+
+
+def compile_networks(model: nn.Module):
+    """--compile: torch.compile, in place, of every network a method calls: the model's parts, the members of a part
+    that is a Sequential, and each backbone (ViT.tokens runs through its forward: compiled too)."""
+    parts = [m for child in model.children() for m in [child, *(child if isinstance(child, nn.Sequential) else [])]]
+    backbones = [m for m in model.modules() if isinstance(m, (torchvision.models.ResNet, TinyResNet, ViT))]
+    for module in {*parts, *backbones}:
+        module.compile()
+    torch._dynamo.config.recompile_limit = 64  # (dynamo: seconds to import) one cache for all: 64 entries, not 8
+
+
 def build_backbone(name: str, image_size: int, patch_size: int = 0):
     """Backbone without classifier and its feature dimension. ResNets: torchvision's with fc = Identity and, for images
     <= 64 px, the CIFAR stem (3x3 conv, stride 1, padding 1, no max-pool). ViT: patch 4 up to 32 px, 8 up to 64, 16
@@ -102,8 +121,10 @@ def build_backbone(name: str, image_size: int, patch_size: int = 0):
         return ViT(image_size, p, *VIT_SIZES[name]), VIT_SIZES[name][0]
     net = getattr(torchvision.models, name)(weights=None)
     if image_size <= 64:
-        net.conv1, net.maxpool = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False), nn.Identity()
-    dim, net.fc = net.fc.in_features, nn.Identity()
+        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    dim = net.fc.in_features
+    net.fc = nn.Identity()
     return net, dim
 
 

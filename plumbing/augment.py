@@ -1,22 +1,17 @@
-"""cleanssl's batched augmentation, imported by common.py (method files use it as common.ViewSpec, common.Augment,
-common.multicrop). On the training device, per-sample random parameters from a torch.Generator; each op matches
+"""The batched augmentation (method files use it as common.ViewSpec, common.Augment, common.multicrop). On the training
+device, per-sample random parameters from a torch.Generator; each op matches
 torchvision's function on one image (tests/test_augment.py). Parameters are drawn for the global batch and each rank
 keeps its rows (shard = (rank, world size)), so several processes see exactly the views that one process would.
 Nothing asks the device for a value: a random op is computed on every sample and kept per sample (weights 0 or 1,
 never the selected samples' indices), so the host queues a view's kernels without waiting (tests/test_sync.py).
-Large images reach it undecoded or decoded but uncropped: read_image, decode_jpegs, pad_images, and ImageFiles /
-file_loader (DataLoader workers that only read or decode files; common.load_data builds them)."""
+Large images reach it decoded but uncropped, as a padded batch with their sizes (imagefiles.pad_images)."""
 import functools
 import math
-import os
-import signal
-import time
 from dataclasses import dataclass, replace
 from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-import torchvision
 
 Tensor = torch.Tensor
 
@@ -90,11 +85,18 @@ def resized_crop(x: Tensor, top: Tensor, left: Tensor, h: Tensor, w: Tensor, siz
     top, left, h, w, [size, size], antialias=False). Separable: whole-row copies + lerp, then column gathers + lerp."""
     B, C, H, W = x.shape
     (y0, y1, ly), (x0, x1, lx) = _src_index(top, h, size), _src_index(left, w, size)
-    planes, flat = torch.arange(B * C, device=x.device).view(B, C, 1) * H, x.reshape(B * C * H, W)
-    rows = lambda y: flat.index_select(0, (planes + y[:, None]).view(-1)).view(B, C, size, W)  # noqa: E731
+    planes = torch.arange(B * C, device=x.device).view(B, C, 1) * H  # first row of each image plane
+    flat = x.reshape(B * C * H, W)
+
+    def rows(y: Tensor) -> Tensor:  # (B, C, size, W): source rows y (B, size) of every plane
+        return flat.index_select(0, (planes + y[:, None]).view(-1)).view(B, C, size, W)
+
     ly, lx = ly[:, None, :, None], lx[:, None, None, :]
     t = (rows(y0) * (1 - ly)).addcmul_(rows(y1), ly)
-    cols = lambda xi: t.gather(3, xi[:, None, None, :].expand(B, C, size, size))  # noqa: E731
+
+    def cols(xi: Tensor) -> Tensor:  # (B, C, size, size): source columns xi (B, size) of the resized rows
+        return t.gather(3, xi[:, None, None, :].expand(B, C, size, size))
+
     return cols(x0).mul_(1 - lx).addcmul_(cols(x1), lx)
 
 
@@ -124,191 +126,6 @@ def area_resized_crop(x: Tensor, top: Tensor, left: Tensor, h: Tensor, w: Tensor
     rows = wy @ x.permute(0, 2, 3, 1).reshape(B, H, W * C)  # (B, size, W C); a view if x is channels-last (pad_images)
     cols = wx @ rows.view(B, size, W, C).transpose(1, 2).reshape(B, W, size * C)  # (B, size_x, size_y C)
     return cols.view(B, size, size, C).transpose(1, 2).contiguous().permute(0, 3, 1, 2)  # channels-last memory
-
-
-def read_image(path: str, max_side: int = 0) -> Tensor:
-    """An image file -> uint8 (3, H, W) RGB, shrunk to max_side (0: as is). torchvision's decoders (JPEG, PNG, WebP,
-    GIF; faster than PIL's: benchmark.py --part data), PIL for other formats (BMP, TIFF...). Corrupt: an error."""
-    try:
-        x = torchvision.io.decode_image(torchvision.io.read_file(path), mode=torchvision.io.ImageReadMode.RGB)
-    except RuntimeError:  # a format torchvision does not decode; a corrupt file raises OSError in PIL
-        from PIL import Image
-        x = torchvision.transforms.functional.pil_to_tensor(Image.open(path).convert("RGB"))
-    return shrink(x, max_side)
-
-
-def read_jpeg_bytes(path: str) -> Tensor:
-    """A file's bytes as a uint8 1-D tensor for the device to decode (--decode gpu). A truncated JPEG (no end-of-image
-    marker after its last start-of-scan) is an error here: nvJPEG decoded one without an error on an H100 (torch 2.11,
-    2026-12-06) where torchvision's CPU decoder raises, so the workers catch it, for both devices."""
-    with open(path, "rb") as f:
-        data = bytearray(f.read())
-    if data[:2] == b"\xff\xd8" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
-        raise ValueError(f"{path}: truncated JPEG (no end-of-image marker after its last scan)")
-    return torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
-
-
-def shrink(x: Tensor, max_side: int) -> Tensor:
-    """uint8 image (3, H, W) with its longer side shrunk to max_side (antialiased bilinear); unchanged if it fits or
-    max_side is 0."""
-    f = max_side / max(x.shape[1:])
-    if f >= 1 or not max_side:
-        return x
-    size = [max(1, round(d * f)) for d in x.shape[1:]]
-    y = F.interpolate(x[None].float(), size=size, mode="bilinear", antialias=True)[0]
-    return y.round_().clamp_(0, 255).to(torch.uint8)
-
-
-def pad_images(images: Sequence[Tensor], storage=None) -> Tuple[Tensor, Tensor]:
-    """uint8 images (3, H_i, W_i) -> one zero-padded uint8 batch (B, 3, max H, max W) and their sizes (B, 2), long:
-    Augment's input for images of different sizes. Channels-last memory (B, H, W, 3), as decoders write pixels: whole
-    rows are copied; in a DataLoader worker, straight into shared memory (as its default collate does), or into
-    `storage(nbytes)`: a shared storage of at least that size that the worker reuses (ImageFiles)."""
-    hw = torch.tensor([x.shape[1:] for x in images], dtype=torch.long)
-    shape, dev = (len(images), *hw.amax(0).tolist(), 3), images[0].device
-    shared = dev.type == "cpu" and torch.utils.data.get_worker_info() is not None
-    st = (storage or torch.UntypedStorage._new_shared)(math.prod(shape)) if shared else None
-    out = (torch.empty(0, dtype=torch.uint8).new(st)[:math.prod(shape)].view(shape) if shared else
-           torch.empty(shape, dtype=torch.uint8, device=dev))
-    for o, x in zip(out, images):  # the padding is zeroed only where an image leaves some (a reused buffer is dirty)
-        (h, w), (H, W) = x.shape[1:], o.shape[:2]
-        o[:h, :w] = x.permute(1, 2, 0)
-        o[h:].zero_() if h < H else None
-        o[:h, w:].zero_() if w < W else None
-    return out.permute(0, 3, 1, 2), hw.to(dev, non_blocking=True)
-
-
-def decode_jpegs(blobs: Sequence[Tensor], device, max_side: int):
-    """Files' bytes (uint8 1-D tensors) -> (pad_images of the images decoded on `device`, src, decoded). One batched
-    torchvision decode_jpeg (nvJPEG on a GPU); a file it cannot decode is tried with torchvision's CPU decoder (PNG,
-    CMYK JPEG...), and one that no decoder reads is replaced by the next decoded image of the batch: image i is file
-    src[i], decoded[i] = False. Images are shrunk to max_side (shrink) before padding."""
-    rgb = torchvision.io.ImageReadMode.RGB
-    try:
-        imgs = torchvision.io.decode_jpeg(list(blobs), mode=rgb, device=device)
-    except RuntimeError:  # a file of the batch does not decode: one at a time
-        imgs = []
-        for b in blobs:
-            try:
-                imgs.append(torchvision.io.decode_jpeg(b, mode=rgb, device=device))
-            except RuntimeError:
-                try:
-                    imgs.append(torchvision.io.decode_image(b, mode=rgb).to(device))
-                except RuntimeError:
-                    imgs.append(None)
-    n, ok = len(imgs), [im is not None for im in imgs]
-    src = [next((j % n for j in range(i, i + n) if ok[j % n]), i) for i in range(n)]
-    blank = torch.zeros(3, 1, 1, dtype=torch.uint8, device=device)  # no file of the batch decodes
-    return pad_images([blank if imgs[j] is None else shrink(imgs[j], max_side) for j in src]), src, ok
-
-
-# ---- image files: DataLoader workers read or decode, the device crops
-LARGE_MAX = 512  # a large image's longer side is shrunk to this before padding (bounded batch memory)
-
-
-def _quiet_worker(_):  # DataLoader workers leave SIGINT / SIGTERM to the main process, which saves and stops
-    signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _keep_freed_memory()
-
-
-def _keep_freed_memory():
-    """glibc's malloc in a worker: keep freed memory for the next batch (no trimming, decoded images on the heap)
-    instead of handing it back to the OS and page-faulting it in again for every image (~0.5 ms per 500x375 image:
-    benchmark.py --part data). The worker's memory stays at its largest batch. Other C libraries: left as they are."""
-    import ctypes
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(-1, 1 << 30), libc.mallopt(-3, 32 << 20)  # M_TRIM_THRESHOLD 1 GiB, M_MMAP_THRESHOLD 32 MiB
-    except (OSError, AttributeError):
-        pass
-
-
-RING = 4  # padded batches a worker writes in turn, reusing their shared memory (it prefetches 2, the loop holds 1)
-MAX_WORKERS = 256
-_USE_COUNT = getattr(torch._C, "_storage_Use_Count", None)  # references to a storage (its tensors, views, wrappers)
-
-
-class ImageFiles(torch.utils.data.Dataset):
-    """Image files (paths, labels) read by DataLoader workers: "bytes" (the device decodes them), "decode" (read_image:
-    uint8 (3, H, W), longer side <= LARGE_MAX), "small" (resized whole) or "eval" (resize + center crop). An unreadable
-    file is replaced by the next readable one ("small": not), and `ok` = False tells the main process.
-
-    "decode": a worker pads its batches into RING shared-memory buffers in turn instead of a new one each batch: the
-    first write to fresh memory (page faults) costs a third as much as decoding (benchmark.py --part data). Its
-    k-th batch reuses buffer k % RING once the main process holds no tensor of its batches before k - RING + 1
-    (`taken`, in shared memory, written by `received`: the main process counts the references to each batch's memory,
-    or copies it when torch cannot count them; with CUDA the pin-memory thread copies every batch anyway). A worker
-    that finds no free buffer after 20 ms, or whose main process never calls `received`, takes a new one (`fresh`
-    counts them): a buffer that the main process may still read is never written."""
-
-    def __init__(self, files, size: int, mode: str):
-        (self.paths, self.labels), self.size, self.mode = files, size, mode
-        decode = mode == "decode"
-        self.taken, self.fresh = (torch.zeros(n, dtype=torch.long).share_memory_() if decode else None
-                                  for n in (MAX_WORKERS, 1))
-        self.ring, self.made, self.held = [None] * RING, 0, {}  # worker: its buffers, batches; main: batches held
-
-    def _buffer(self, w: int, k: int, nbytes: int):  # in worker w: the shared storage for its k-th batch
-        t = time.monotonic()
-        while self.taken[w] < k - RING + 1 and time.monotonic() - t < 0.02:
-            time.sleep(0.0005)
-        st = self.ring[k % RING]
-        if self.taken[w] < k - RING + 1 or st is None or st.nbytes() < nbytes:  # not free, or too small
-            st = self.ring[k % RING] = torch.UntypedStorage._new_shared(max(nbytes, st.nbytes() if st else 0))
-            self.fresh += 1
-        return st
-
-    def received(self, batch):  # in the main process: ((x, hw, ticket), y, idx, ok) -> ((x, hw), y, idx, ok)
-        if self.mode != "decode":
-            return batch
-        (x, hw, (w, k)), *rest = batch
-        w, k = int(w), int(k)
-        if w < 0:  # collated in the main process (no workers): not shared
-            return ((x, hw), *rest)
-        if x.is_pinned() or _USE_COUNT is None:  # a copy (the pin-memory thread's, or ours): the buffer is free
-            x = x if x.is_pinned() else x.clone()
-            self.taken[w] = max(int(self.taken[w]), k + 1)
-            return ((x, hw), *rest)
-        held = [(st, j) for st, j in self.held.get(w, []) if _USE_COUNT(st._cdata) > 1] + [(x.untyped_storage(), k)]
-        self.held[w] = held  # batches of worker w that something in this process still uses (this one included)
-        self.taken[w] = min(j for _, j in held)
-        return ((x, hw), *rest)
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        import torchvision.transforms.v2.functional as TF
-        for j in [i] if self.mode == "small" else [(i + k) % len(self) for k in range(10)]:
-            path = os.fsdecode(self.paths[j])
-            try:
-                x = (read_jpeg_bytes(path) if self.mode == "bytes" else
-                     read_image(path, LARGE_MAX if self.mode == "decode" else 0))
-            except (OSError, ValueError, SyntaxError, RuntimeError):  # truncated, corrupt or not an image
-                continue
-            x = (x if self.mode in ("bytes", "decode") else TF.resize(x, [self.size] * 2) if self.mode == "small" else
-                 TF.center_crop(TF.resize(x, round(self.size * 8 / 7)), self.size))
-            return x, int(self.labels[j]), i, j == i
-        return torch.zeros(3, self.size or 1, self.size or 1, dtype=torch.uint8), -1, i, False
-
-    def collate(self, batch):  # in the worker: one padded batch ("decode"); all bytes in one tensor + lengths ("bytes")
-        x, y, idx, ok = zip(*batch)
-        if self.mode == "decode":  # ticket (worker, its batch number); (-1, -1) from the main process
-            info = torch.utils.data.get_worker_info()
-            w, k = (info.id % MAX_WORKERS, self.made) if info else (-1, -1)
-            self.made += 1
-            x = (*pad_images(x, functools.partial(self._buffer, w, k) if info else None), torch.tensor([w, k]))
-        else:
-            x = (torch.utils.data.default_collate(x) if self.mode != "bytes" else
-                 (torch.cat([b.view(-1) for b in x]), torch.tensor([b.numel() for b in x])))
-        return x, torch.tensor(y), torch.tensor(idx), torch.tensor(ok)
-
-
-def file_loader(dataset, batch_sampler, workers: int, persistent: bool = False):  # each worker prefetches 2 batches
-    dataset.taken.zero_() if getattr(dataset, "taken", None) is not None else None  # new workers count from 0
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, persistent_workers=
-                                       persistent, collate_fn=dataset.collate, pin_memory=torch.cuda.is_available(),
-                                       worker_init_fn=_quiet_worker)
 
 
 def _gray(x: Tensor) -> Tensor:  # luma 0.2989 R + 0.587 G + 0.114 B, (B, 1, H, W)
@@ -393,13 +210,15 @@ def color_jitter(x: Tensor, b: float, c: float, s: float, h: float, p: float, g:
     j = blends.gather(1, t.clamp(0, 2))
     f = torch.where(applied[:, None] & (t >= 0) & (t < 3), fac.gather(1, j), 1.0)  # f = 1: nothing in that pass
     w_gray, w_mean = ((1 - f) * (j == op) for op in (2, 1))  # saturation's and contrast's weights (see _blend)
-    blend = lambda z, k: _blend(z, f[:, k], w_gray[:, k], w_mean[:, k]) if any((b, c, s)) else z  # noqa: E731
+    blends_any = any((b, c, s))
     for k in range(3):
-        x = blend(x, k)
+        if blends_any:
+            x = _blend(x, f[:, k], w_gray[:, k], w_mean[:, k])
     if h:
         x = _apply(x, applied, adjust_hue, fac[:, 3])
         for k in range(3, 6):
-            x = blend(x, k)
+            if blends_any:
+                x = _blend(x, f[:, k], w_gray[:, k], w_mean[:, k])
     return (x, (applied, order, fac)) if return_params else x
 
 
@@ -412,19 +231,26 @@ class Augment:
 
     def __init__(self, views: List[ViewSpec], mean: Sequence[float], std: Sequence[float], channels_last=False,
                  shard=(0, 1)):
-        self.views, self.channels_last, self.shard = list(views), channels_last, shard
+        self.views = list(views)
+        self.channels_last = channels_last
+        self.shard = shard  # (rank, world size): this rank's rows of parameters drawn for the global batch
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.inv_std = 1.0 / torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
 
     def __call__(self, x, g: torch.Generator) -> List[Tensor]:
         if not isinstance(x, (list, tuple)):
             return [self.view(x, v, g) for v in self.views]
-        img, (H, W), sh = x[0].float(), x[1].T, self.shard  # one float copy of the padded batch serves every view
-        box = lambda v: rrc_params(len(img), H, W, v.scale, v.ratio, g, shard=sh)  # noqa: E731
-        return [self.view(area_resized_crop(img, *box(v), v.size).div_(255), v, g, crop=False) for v in self.views]
+        img = x[0].float()  # one float copy of the padded batch serves every view
+        H, W = x[1].T
+        views = []
+        for v in self.views:
+            box = rrc_params(len(img), H, W, v.scale, v.ratio, g, shard=self.shard)
+            views.append(self.view(area_resized_crop(img, *box, v.size).div_(255), v, g, crop=False))
+        return views
 
     def view(self, x: Tensor, v: ViewSpec, g: torch.Generator, crop: bool = True) -> Tensor:
-        (B, _, H, W), sh = x.shape, self.shard
+        B, _, H, W = x.shape
+        sh = self.shard
         y = resized_crop(x, *rrc_params(B, H, W, v.scale, v.ratio, g, shard=sh), v.size) if crop else x.float()
         y = y.mul_(1.0 / 255) if x.dtype == torch.uint8 else y
         if v.jitter_p > 0:
@@ -432,7 +258,8 @@ class Augment:
         if v.gray_p > 0:
             y = _apply(y, _rand(B, g, shard=sh) < v.gray_p, _gray)
         if v.blur_p > 0:
-            k, sigma = max(3, int(0.1 * v.size) // 2 * 2 + 1), _rand(B, g, *v.blur_sigma, sh)
+            k = max(3, int(0.1 * v.size) // 2 * 2 + 1)
+            sigma = _rand(B, g, *v.blur_sigma, sh)
             y = gaussian_blur(y, sigma, k, mask=_rand(B, g, shard=sh) < v.blur_p)
         if v.solarize_p > 0:
             y = _apply(y, _rand(B, g, shard=sh) < v.solarize_p, lambda z: torch.minimum(z, 1 - z))  # z >= .5: 1 - z
