@@ -19,7 +19,8 @@ Implementation details (defaults = official main_ibot.py ViT-S command at 32 px,
    before --pred-start-epochs (official --pred_start_epoch, 0; a fraction allowed), so the patch loss is 0 until then.
 4. One head for CLS and patches (official --shared_head): MLP 2048-2048-256 (GELU), l2-norm, weight-normalized
    Linear(256, K), norm fixed to 1 (official default; its ViT-S command learns it), K = 4096 (paper 8192): --out-dim.
-   EMA 0.996 -> 1 (cosine; --tau-final). Temperatures: student 0.1, teacher CLS and patch 0.04 -> 0.07 in 30 epochs.
+   EMA 0.996 -> 1 (cosine; --tau-final). Temperatures: student 0.1, teacher CLS and patch 0.04 -> 0.07 in 30 epochs,
+   the patch one from the epoch masking starts in (official mim_start_epoch).
 5. Loss = CLS + patch (lambda1 = lambda2 = 1). CLS: DINO's (teacher global view i, student views v != i). Patch: student
    masked view i vs teacher view i; per image the sum of H(P_t, P_s) over its masked patches / max(1, count) (0 if none,
    official), mean over images. P_t = softmax((t - c) / T_t); centers c <- 0.9 c + 0.1 mean of the global batch
@@ -220,6 +221,12 @@ def update_center(center: torch.Tensor, teacher_out: torch.Tensor, momentum: flo
 
 
 @torch.no_grad()
+def patch_teacher_temp(epoch: int, pred_start_epochs: float, warmup_epochs: int, start: float, final: float) -> float:
+    """The official iBOTLoss(mim_start_epoch=pred_start_epoch): the patch teacher temperature holds `start` until the
+    epoch masking starts in, then warms up to `final` as the CLS one does (np.linspace per epoch) from there."""
+    return common.linspace_warmup(max(0, epoch - int(pred_start_epochs)), warmup_epochs, start, final)
+
+
 def clip_gradients(module: nn.Module, clip: float):
     """Per parameter g <- g min(1, clip / (||g|| + 1e-6)), as the official clip_gradients (not clip_grad_norm_)."""
     for p in (p for p in module.parameters() if p.grad is not None and clip > 0):
@@ -257,7 +264,7 @@ def main(args: Args):
     for epoch in run.epochs():
         w, t0 = args.warmup_teacher_temp_epochs, args.warmup_teacher_temp  # per epoch, as np.linspace
         teacher_temp = common.linspace_warmup(epoch, w, t0, args.teacher_temp)
-        patch_temp = common.linspace_warmup(epoch, w, t0, args.teacher_patch_temp)
+        patch_temp = patch_teacher_temp(epoch, args.pred_start_epochs, w, t0, args.teacher_patch_temp)
         for x, y in run.batches(epoch):
             lr = run.update_lr()
             wd = common.cosine_schedule(run.step_count - 1, run.total_steps, args.weight_decay, args.weight_decay_end)

@@ -5,6 +5,8 @@ backbone.pt (the teacher's) in torchvision's ViT, the online probe on the teache
 import math
 import random
 
+import numpy as np
+
 import pytest
 import torch
 import torch.nn as nn
@@ -13,7 +15,7 @@ import torchvision
 import common
 import ibot
 from conftest import TINY, check_the_teacher_is_the_main_result, events
-from ibot import block_masks, dino_loss, ibot_patch_loss, update_center
+from ibot import block_masks, dino_loss, ibot_patch_loss, patch_teacher_temp, update_center
 
 
 # ------------------------------------------------------------------------------------------------- objectives
@@ -216,3 +218,34 @@ def test_ibot_refuses_a_resnet_and_unpaired_mask_ratios(train):
         train(ibot, *TINY)
     with pytest.raises(common.UserError, match="pred-ratio-var"):
         train(ibot, *TINY, "--backbone", "vit_tiny", "--pred-ratio", 0.3)
+
+
+def official_patch_temps(start, final, warmup, epochs, mim_start):
+    """iBOTLoss's teacher_temp2_schedule, transcribed: with mim_start_epoch > 0, `start` until then, then the
+    linspace from there."""
+    if mim_start == 0:
+        return np.concatenate((np.linspace(start, final, warmup), np.ones(epochs - warmup) * final))
+    return np.concatenate((np.ones(mim_start) * start, np.linspace(start, final, warmup),
+                           np.ones(epochs - warmup - mim_start) * final))
+
+
+@pytest.mark.parametrize("pred_start", [0, 1, 10, 10.5])
+def test_the_patch_teacher_temperature_warms_up_from_the_epoch_masking_starts_in(pred_start):
+    """10 pred-start epochs and a 30-epoch warmup: epoch 10 gets 0.04 and epoch 30 0.0607 (not 0.0503 and 0.07); a
+    fraction of an epoch starts the warmup in the epoch masking starts in."""
+    official = official_patch_temps(0.04, 0.07, 30, 100, int(pred_start))
+    ours = [patch_teacher_temp(e, pred_start, 30, 0.04, 0.07) for e in range(100)]
+    assert np.allclose(ours, official, atol=1e-12, rtol=0)
+    if pred_start == 10:
+        assert abs(ours[10] - 0.04) < 1e-12 and abs(ours[30] - (0.04 + 0.03 * 20 / 29)) < 1e-12
+
+
+def test_a_run_logs_the_delayed_patch_temperature(train):
+    """3 epochs of 2 steps, masking from epoch 1, a 3-epoch warmup: the CLS teacher temperature 0.04, 0.055, 0.07
+    and the patch one 0.04, 0.04, 0.055, per step as logged."""
+    t = train(ibot, *TINY, "--backbone", "vit_tiny", "--patch-size", 8, "--epochs", 3, "--out-dim", 64,
+              "--num-local-crops", 0, "--pred-start-epochs", 1, "--warmup-teacher-temp-epochs", 3, images=64)
+    acc = events(t.dir)
+    cls = [round(e.value, 6) for e in acc.Scalars("charts/teacher_temp")]
+    patch = [round(e.value, 6) for e in acc.Scalars("charts/teacher_patch_temp")]
+    assert cls == [0.04, 0.04, 0.055, 0.055, 0.07, 0.07] and patch == [0.04, 0.04, 0.04, 0.04, 0.055, 0.055], patch
