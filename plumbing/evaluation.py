@@ -183,8 +183,8 @@ def finetune(backbone: nn.Module, feat_dim: int, data, normalize, autocast, scal
         for x, y, _ in data.ssl_batches(batch_size, epoch, seed + 7, split="train"):
             for group in opt.param_groups:
                 group["lr"] = group["base_lr"] * warmup_cosine(step, total, total // 10, start=0.0)
+            views = augment(x, generator.manual_seed(seed * 1_000_003 + step))  # in fp32, as training augments
             with autocast():
-                views = augment(x, generator.manual_seed(seed * 1_000_003 + step))
                 loss, _ = labelled_cross_entropy(net(views[0]).float(), y)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()

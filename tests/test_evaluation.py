@@ -12,6 +12,7 @@ import torchvision
 from PIL import Image
 
 import estimators
+from plumbing import augment as plumbing_augment
 from plumbing import backbones, data, distributed, evaluation
 
 
@@ -130,3 +131,25 @@ def test_labelled_cross_entropy_of_two_ranks_with_unequal_labelled_counts_is_the
         mean_grad = mean_grad + torch.autograd.grad(loss_r, logits)[0] / 2
         assert loss_r.item() == pytest.approx(naive.item(), rel=1e-6) and top1_r.item() == pytest.approx(top1.item())
     assert torch.allclose(mean_grad, grad, atol=1e-7, rtol=1e-5)
+
+
+def test_finetuning_augments_in_fp32_outside_autocast(monkeypatch):
+    """Training augments outside autocast; so does fine-tuning (inside a bf16 autocast, area_resized_crop's matmuls of
+    large images ran in bf16: 1.5 grey levels off)."""
+    states, call = [], plumbing_augment.Augment.__call__
+
+    def spy(self, x, g):
+        states.append(torch.is_autocast_enabled("cpu"))
+        return call(self, x, g)
+
+    monkeypatch.setattr(plumbing_augment.Augment, "__call__", spy)
+    backbone, dim = backbones.build_backbone("tiny", 32)
+    d = data.Data("s", 10, 32, (0.5,) * 3, (0.25,) * 3, splits={s: data.make_synthetic(16, 0) for s in
+                                                               ("ssl", "train", "test")})
+
+    def bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    evaluation.finetune(backbone, dim, d, lambda t: t.float() / 255, bf16, torch.amp.GradScaler("cpu", enabled=False),
+                        1, 8, 0)
+    assert states == [False, False], states
