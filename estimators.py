@@ -239,20 +239,16 @@ def knn_top1(train_f, train_y, test_f, test_y, num_classes, k=200, T=0.1, chunk=
     return 100.0 * correct / len(test_f)
 
 
-def linear_probe(backbone: torch.nn.Module, train_f, train_y, test_f, test_y, num_classes, epochs=100, batch_size=256,
-                 seed=0) -> float:
-    """Offline linear probe on frozen precomputed features (LINEAR_PROTOCOL). Checks that it trained only its two
-    tensors and that the backbone (weights, BN statistics, gradients) is unchanged afterwards."""
-    before = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
-    grads = [p.grad for p in backbone.parameters()]
+def fit_linear_classifier(train_f, train_y, num_classes, epochs=100, batch_size=256, seed=0):
+    """The linear classifier of LINEAR_PROTOCOL fitted on precomputed features: (classifier on standardized features,
+    mean, std), the classifier's initialization and batch order from `seed` alone (the global RNG is left as it is)."""
     mu, sd = train_f.mean(0), train_f.std(0) + 1e-6
-    train_f, test_f = (train_f - mu) / sd, (test_f - mu) / sd
+    train_f = (train_f - mu) / sd
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):  # a seeded classifier init, leaving the global RNG untouched
         torch.manual_seed(seed)
         clf = torch.nn.Linear(train_f.shape[1], num_classes).to(train_f.device)
-    params = list(clf.parameters())
-    opt = torch.optim.Adam(params, lr=1e-2)
+    opt = torch.optim.Adam(clf.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * math.ceil(len(train_f) / batch_size))
     for _ in range(epochs):
         perm = torch.randperm(len(train_f), generator=g).to(train_f.device)
@@ -262,12 +258,23 @@ def linear_probe(backbone: torch.nn.Module, train_f, train_y, test_f, test_y, nu
             loss.backward()
             opt.step()
             sched.step()
+    return clf, mu, sd
+
+
+def linear_probe(backbone: torch.nn.Module, train_f, train_y, test_f, test_y, num_classes, epochs=100, batch_size=256,
+                 seed=0) -> float:
+    """Offline linear probe on frozen precomputed features (LINEAR_PROTOCOL). Checks that it trained only its two
+    tensors and that the backbone (weights, BN statistics, gradients) is unchanged afterwards."""
+    before = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
+    grads = [p.grad for p in backbone.parameters()]
+    clf, mu, sd = fit_linear_classifier(train_f, train_y, num_classes, epochs, batch_size, seed)
+    params = list(clf.parameters())
     assert len(params) == 2 and [tuple(p.shape) for p in params] == [(num_classes, train_f.shape[1]), (num_classes,)]
     assert all(p.grad is g0 for p, g0 in zip(backbone.parameters(), grads)), "linear probe: backbone got gradients"
     after = backbone.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "linear probe: backbone weights or BN stats changed"
     with torch.no_grad():
-        return 100.0 * (clf(test_f).argmax(1) == test_y).float().mean().item()
+        return 100.0 * (clf((test_f - mu) / sd).argmax(1) == test_y).float().mean().item()
 
 
 # ------------------------------------------------- what the training scripts log

@@ -17,9 +17,9 @@ from plumbing.optim import make_optimizer, param_groups, warmup_cosine
 Tensor = torch.Tensor
 ONLINE_PROTOCOL = ("online linear probe: trained during SSL on detached backbone features of augmented view 1 "
                    "(SGD lr 0.1, momentum 0.9)")
-FINETUNE_PROTOCOL = ("end-to-end fine-tuning: backbone (every parameter) + linear head on the labelled train images, "
-                     "AdamW lr 5e-4 x batch/256, wd 0.05, 10% warmup then cosine, crop 0.2-1 + flip; un-augmented "
-                     "test images")
+FINETUNE_PROTOCOL = ("LP-FT: a linear head started as the offline linear probe, then the backbone (every parameter) "
+                     "and the head fine-tuned end to end on the labelled train images, AdamW lr 5e-4 x batch/256, wd "
+                     "0.05, 10% warmup then cosine, crop 0.2-1 + flip; un-augmented test images")
 
 
 def held_out_pair(data, views, channels_last: bool):
@@ -163,15 +163,30 @@ def projector_embedding(features: Features, data) -> dict:
     return dict(mat=features.test[:n].cpu(), metadata=features.test_labels[:n].tolist(), label_img=thumbnails)
 
 
+def linear_probe_head(body: nn.Module, feat_dim: int, data, normalize, autocast, seed: int) -> nn.Linear:
+    """LP-FT's first step (Kumar et al. 2022): the linear probe of the frozen body on the un-augmented labelled train
+    images (estimators.LINEAR_PROTOCOL: standardized features, Adam, 100 epochs), folded into one Linear layer on the
+    raw features: W / std and b - W mean / std. From the seed and the body alone, the same on every rank."""
+    with autocast():
+        features, labels = extract_features(body, data, "train", normalize)
+    clf, mean, std = estimators.fit_linear_classifier(features, labels, data.num_classes, seed=seed)
+    with torch.random.fork_rng(devices=[]):  # its random initialization is overwritten: the global RNG is left alone
+        head = nn.Linear(feat_dim, data.num_classes).to(data.device)
+    with torch.no_grad():
+        head.weight.copy_(clf.weight / std)
+        head.bias.copy_(clf.bias - head.weight @ mean)
+    return head
+
+
 def finetune(backbone: nn.Module, feat_dim: int, data, normalize, autocast, scaler, epochs: int, batch_size: int,
              seed: int, pool: str = "cls") -> float:
-    """End-to-end supervised fine-tuning of a copy of the backbone with a linear head (FINETUNE_PROTOCOL), each rank on
+    """End-to-end supervised fine-tuning of a copy of the backbone with a linear head started as its linear probe
+    (FINETUNE_PROTOCOL: LP-FT, so that fine-tuning starts where the probe ends, not from a random head), each rank on
     its share of the labelled train split (not the SSL split, unlabelled on STL-10), gradients averaged (`scaler`: fp16
     loss scaling); returns the test top-1. pool "mean": the head reads a ViT's mean patch token (MeanTokens; MAE)."""
     body = MeanTokens(copy.deepcopy(backbone)) if pool == "mean" else copy.deepcopy(backbone)
-    with torch.random.fork_rng(devices=[]):  # the head from the seed alone: the same for any backbone and on every rank
-        torch.manual_seed(seed)
-        net = nn.Sequential(body, nn.Linear(feat_dim, data.num_classes)).to(data.device).train()
+    head = linear_probe_head(body, feat_dim, data, normalize, autocast, seed)
+    net = nn.Sequential(body, head).to(data.device).train()
     net.requires_grad_(True)  # every parameter, also those fixed during SSL (MAE's sin-cos positions), as MAE does
     opt = make_optimizer("adamw", param_groups(net, 0.05), 5e-4 * batch_size / 256)
     view = ViewSpec(data.image_size, scale=(0.2, 1.0), jitter_p=0.0, gray_p=0.0)

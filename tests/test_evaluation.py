@@ -90,8 +90,8 @@ def test_finetune_pool_mean_reads_the_mean_patch_token(monkeypatch):
 
 
 def test_finetune_head_comes_from_the_seed_not_the_global_random_state(monkeypatch):
-    """Two backbones compared by fine-tuning (MAE against its random init) get the same head for the same seed, whatever
-    ran before; another seed, another head; the global random state is left as it was."""
+    """The head fine-tuning starts from (the backbone's linear probe) comes from the backbone and the seed alone,
+    whatever ran before; another seed, another head; the global random state is left as it was."""
     heads, make = [], evaluation.make_optimizer
     monkeypatch.setattr(evaluation, "make_optimizer", lambda name, groups, lr: heads.append(
         [p.detach().clone() for g in groups for p in g["params"] if p.shape[0] == 10]) or make(name, groups, lr))
@@ -153,3 +153,27 @@ def test_finetuning_augments_in_fp32_outside_autocast(monkeypatch):
     evaluation.finetune(backbone, dim, d, lambda t: t.float() / 255, bf16, torch.amp.GradScaler("cpu", enabled=False),
                         1, 8, 0)
     assert states == [False, False], states
+
+
+def test_fine_tuning_starts_from_the_linear_probe_folded_into_one_linear_layer():
+    """LP-FT's head on the raw features of a frozen backbone predicts exactly what the offline linear probe (on
+    standardized features) predicts, so fine-tuning starts at the linear probe's test accuracy."""
+    torch.manual_seed(0)
+    backbone, dim = backbones.build_backbone("tiny", 32)
+    backbone.eval()
+    x, y = data.make_synthetic(96, 1)
+    d = data.Data("s", 10, 32, (0.5,) * 3, (0.25,) * 3, splits={"ssl": (x[:64], y[:64]), "train": (x[:64], y[:64]),
+                                                               "test": (x[64:], y[64:])})
+
+    def normalize(t):
+        return (t.float() / 255 - 0.5) / 0.25
+
+    head = evaluation.linear_probe_head(backbone, dim, d, normalize, contextlib.nullcontext, seed=3)
+    train_f, train_y = evaluation.extract_features(backbone, d, "train", normalize)
+    test_f, test_y = evaluation.extract_features(backbone, d, "test", normalize)
+    probe = estimators.linear_probe(backbone, train_f, train_y, test_f, test_y, 10, seed=3)
+    clf, mean, std = estimators.fit_linear_classifier(train_f, train_y, 10, seed=3)
+    with torch.no_grad():
+        assert torch.allclose(head(test_f), clf((test_f - mean) / std), atol=1e-4)
+        assert 100.0 * (head(test_f).argmax(1) == test_y).float().mean().item() == pytest.approx(probe)
+    assert probe > 20  # the probe learned something: the fold is not vacuous
