@@ -1,4 +1,4 @@
-"""benchmark.py --part gpu-check at the tiny size (what a lent GPU runs at the full size), run as a user would."""
+"""gpu_check.py at the tiny size (what a lent GPU runs at the full size), run as a user would."""
 import json
 import math
 import subprocess
@@ -36,8 +36,8 @@ def number_or_reason(v, *reasons):
 def test_gpu_check_tiny_writes_a_row_per_part(tmp_path):
     fake_cifar_zip(tmp_path / "c10.zip")
     out = tmp_path / "out"
-    res = subprocess.run([sys.executable, str(ROOT / "benchmark.py"), "--part", "gpu-check", "--device", "cpu",
-                          "--methods", "simclr", "--out", str(out), "--cifar-zip", str(tmp_path / "c10.zip")],
+    res = subprocess.run([sys.executable, str(ROOT / "gpu_check.py"), "--device", "cpu", "--methods", "simclr",
+                          "--out", str(out), "--cifar-zip", str(tmp_path / "c10.zip")],
                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     rep, md = json.loads((out / "report.json").read_text()), (out / "report.md").read_text()
@@ -71,45 +71,47 @@ def test_gpu_check_tiny_writes_a_row_per_part(tmp_path):
 
 
 def check(tmp_path, seconds: float, **flags):
-    import benchmark
-    return benchmark.Check(benchmark.Args(**flags), benchmark.FULL, torch.device("cpu"), tmp_path, time.time() + seconds,
-                           {"device": "test"}, data_a=(["--dataset", "synthetic"], 4096))
+    import gpu_check
+    return gpu_check.Check(gpu_check.Args(**flags), gpu_check.FULL, torch.device("cpu"), tmp_path,
+                           time.time() + seconds, {"device": "test"}, small_data_flags=["--dataset", "synthetic"],
+                           small_data_images=4096)
 
 
 def test_gpu_check_full_size_without_the_cifar_copy_says_so(tmp_path):
-    import benchmark
-    r = benchmark.part_b(check(tmp_path, 600, cifar_zip=str(tmp_path / "absent.zip")), 1000.0, 2)
+    import gpu_check
+    r = gpu_check.cifar_epochs(check(tmp_path, 600, cifar_zip=str(tmp_path / "absent.zip")), 1000.0, 2)
     assert r == {"status": f"not measured (no CIFAR-10 copy at {tmp_path / 'absent.zip'}; pass --cifar-zip PATH)"}
 
 
 def test_gpu_check_skips_what_the_budget_leaves_no_room_for_and_stops_a_child_at_its_end(tmp_path):
-    import benchmark
-    c = check(tmp_path, 20)  # a child is expected to take 15 s before one was measured
-    assert benchmark.a_timed(c, "simclr", True)["views_per_sec"].startswith("skipped: time budget, 20 s left, about 60")
-    assert benchmark.part_b(c, 1000.0, 2)["status"].startswith("skipped: time budget")
-    assert all(r["views_per_sec"].startswith("skipped: time budget") for r in benchmark.part_c(c))
-    c = check(tmp_path, 6)
+    import gpu_check
+    budget = check(tmp_path, 20)  # a child is expected to take 15 s before one was measured
+    compiled = gpu_check.timed_method_run(budget, "simclr", True)
+    assert compiled["views_per_sec"].startswith("skipped: time budget, 20 s left, about 60")
+    assert gpu_check.cifar_epochs(budget, 1000.0, 2)["status"].startswith("skipped: time budget")
+    assert all(r["views_per_sec"].startswith("skipped: time budget") for r in gpu_check.large_image_path(budget))
+    budget = check(tmp_path, 6)
     t = time.time()
     with pytest.raises(RuntimeError, match="stopped after 6 s"):
-        c.run([sys.executable, "-c", "import time; time.sleep(60)"])
+        budget.run_child([sys.executable, "-c", "import time; time.sleep(60)"])
     assert time.time() - t < 20
 
 
 def test_gpu_check_times_every_method_asked_for_without_simclr_too(tmp_path, monkeypatch):
     """--methods without SimCLR: every method gets its (a) row (the first H100 run skipped the first of the list)."""
-    import benchmark
+    import gpu_check
     timed = []
-    monkeypatch.setattr(benchmark, "a_timed", lambda c, m, compiled: timed.append(m) or {
+    monkeypatch.setattr(gpu_check, "timed_method_run", lambda c, m, compiled: timed.append(m) or {
         "method": m, "compile": compiled, "views_per_sec": 1.0})
-    monkeypatch.setattr(benchmark, "a_counts", lambda c, m: {"gflops_per_view": 1.0, "syncs_per_step": 0})
-    benchmark.gpu_check(benchmark.Args(part="gpu-check", device="cpu", methods=["moco_v3", "nnclr", "sdmi"],
-                                       checks=["a"], out=str(tmp_path / "out")))
+    monkeypatch.setattr(gpu_check, "counted_method_run", lambda c, m: {"gflops_per_view": 1.0, "syncs_per_step": 0})
+    gpu_check.main(gpu_check.Args(device="cpu", methods=["moco_v3", "nnclr", "sdmi"], checks=["a"],
+                                  out=str(tmp_path / "out")))
     assert timed == ["moco_v3", "nnclr", "sdmi"]
     assert [r["method"] for r in json.loads((tmp_path / "out" / "report.json").read_text())["a"]] == timed
 
 
 def test_the_rerun_line_replaces_the_commands_own_checks():
-    import benchmark
-    argv = ["benchmark.py", "--part", "gpu-check", "--checks", "a", "c", "--methods", "byol"]
-    assert benchmark.without_checks(argv) == ["benchmark.py", "--part", "gpu-check", "--methods", "byol"]
-    assert benchmark.without_checks(["benchmark.py", "--checks=a", "--out", "d"]) == ["benchmark.py", "--out", "d"]
+    import gpu_check
+    argv = ["gpu_check.py", "--out", "d", "--checks", "a", "c", "--methods", "byol"]
+    assert gpu_check.without_checks(argv) == ["gpu_check.py", "--out", "d", "--methods", "byol"]
+    assert gpu_check.without_checks(["gpu_check.py", "--checks=a", "--out", "d"]) == ["gpu_check.py", "--out", "d"]
