@@ -19,7 +19,8 @@ headless) and tensorboard scalars to runs/toy_gaussian__{experiment}__{seed}__{u
    same encoder (Linear-BN-ReLU x2 + Linear, `--hidden-dim`, `--embed-dim`) with its own objective, imported from
    methods/ (SDMI, JMI, SimCLR, BYOL, SimSiam, Barlow Twins, VICReg), with the same seed, data,
    views and Adam optimizer. Every `--record-every` steps: the (eval-mode) embeddings of the 5 noise-free cluster
-   centers, and cos-DV / InfoNCE / JSD (critic: cosine, T = estimators.MI_TEMPERATURE) on a fixed held-out pair of views.
+   centers, and cos-DV / InfoNCE / JSD (critic: cosine, T = estimators.MI_TEMPERATURE) on a fixed held-out pair of
+   views.
    Figures: trajectories.png (one panel per method; PCA to 2-D fitted once on the final embeddings of held-out
    samples; opacity grows with training), mi.png (one panel per estimator, one curve per method). At the end a
    table: separation = between-center spread / within-cluster spread of the L2-normalized embeddings (and of the raw

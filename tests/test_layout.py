@@ -146,24 +146,27 @@ def test_nothing_is_loaded_by_name_or_patched(path):
     assert "__import__" not in text and "import_module" not in text, path.name
     modules = {a.asname or a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
                for a in n.names}
-    for node in ast.walk(tree):  # no `module.attribute = ...`, no setattr(module, ...)
+    for node in ast.walk(tree):  # no `module.attribute = ...` (also inside a tuple target), no setattr(module, ...)
         targets = node.targets if isinstance(node, ast.Assign) else []
-        for target in targets:
-            while isinstance(target, ast.Attribute):
-                target = target.value
-            assert not (isinstance(target, ast.Name) and target.id in modules and targets[0] is not target
-                        and target.id not in ("torch", "sys")), f"{path.name} line {node.lineno} patches {target.id}"
+        targets = [t for target in targets for t in (target.elts if isinstance(target, ast.Tuple) else [target])]
+        for target in (t for t in targets if isinstance(t, ast.Attribute)):
+            base = target
+            while isinstance(base, ast.Attribute):
+                base = base.value
+            assert not (isinstance(base, ast.Name) and base.id in modules and base.id not in ("torch", "sys")), \
+                f"{path.name} line {node.lineno} patches {base.id}"
         if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "setattr":
             assert not (isinstance(node.args[0], ast.Name) and node.args[0].id in modules), path.name
 
 
 def copy_list():
-    """The files and folders the README's "Copying one method" section names, besides the method file."""
+    """The files and folders the README's "Copying one method" section says to copy (its sentence "Copy ...; nothing
+    else"), besides the method file."""
     text = (ROOT / "README.md").read_text()
     section = text[text.index("## Copying one method"):]
-    section = section[:section.index("\n## ")]
-    names = re.findall(r"`([\w/]+(?:\.py|/))`", section)
-    return [n for n in names if not n.startswith("methods/")]
+    sentence = section[section.index("Copy "):section.index("nothing else")]
+    names = re.findall(r"`([\w/]+(?:\.py|/))`", sentence)
+    return [n for n in dict.fromkeys(names) if not n.startswith("methods/")]
 
 
 def test_a_method_copied_with_the_files_the_readme_lists_runs_alone(tmp_path):
