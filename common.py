@@ -117,7 +117,7 @@ class Run:
         self.batch_in_epoch = 0
         self.done = False  # the last step (--max-steps or the last epoch's) is taken
         self.resumed_mid_epoch = False  # this epoch began before the checkpoint this run resumed from
-        self.restored = False
+        self.restored = False  # run.restart_from_checkpoint() was called: the loop may start
         self.saver = Saver(self.dir)
         self.signals = StopSignals(self.print)
         self.scalars = runlog.ScalarLog()
