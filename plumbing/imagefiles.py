@@ -5,6 +5,7 @@ crops them (augment.py). plumbing.data builds them."""
 import functools
 import math
 import os
+import re
 import signal
 import time
 from typing import Sequence, Tuple
@@ -28,14 +29,42 @@ def read_image(path: str, max_side: int = 0) -> Tensor:
 
 
 def read_jpeg_bytes(path: str) -> Tensor:
-    """A file's bytes as a uint8 1-D tensor for the device to decode (--decode gpu). A truncated JPEG (no end-of-image
-    marker after its last start-of-scan) is an error here: nvJPEG decoded one without an error on an H100 (torch 2.11,
-    2026-12-06) where torchvision's CPU decoder raises, so the workers catch it, for both devices."""
+    """A file's bytes as a uint8 1-D tensor for the device to decode (--decode gpu); a JPEG's up to the end of its
+    first complete image (jpeg_end: a motion photo's video or other data after it is left out). A truncated JPEG is an
+    error here: nvJPEG decoded one without an error on an H100 (torch 2.11, 2026-12-06) where torchvision's CPU decoder
+    raises, so the workers catch it, for both devices."""
     with open(path, "rb") as f:
         data = bytearray(f.read())
-    if data[:2] == b"\xff\xd8" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
-        raise ValueError(f"{path}: truncated JPEG (no end-of-image marker after its last scan)")
+    if data[:2] == b"\xff\xd8":
+        end = jpeg_end(data)
+        if end < 0:
+            raise ValueError(f"{path}: truncated JPEG (its data ends before the end-of-image marker)")
+        del data[end:]
     return torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+
+
+# the next marker in JPEG bytes: 0xFF and a code other than 0x00 (a 0xFF byte of entropy-coded data, stuffed), RST0-7
+# (restart markers, inside a scan's data) and 0xFF (fill bytes before a marker)
+JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+def jpeg_end(data) -> int:
+    """Where the first complete image of JPEG bytes ends (the offset after its end-of-image marker, EOI), or -1 if the
+    bytes end first: truncated. Walks the marker segments from the start of image (SOI): a segment is skipped by its
+    length (so an APPn segment's EXIF thumbnail, a JPEG itself, is never read as markers), a start of scan (SOS) is
+    followed by entropy-coded data up to the next marker that is not a restart marker, and SOI and TEM have no length.
+    Bytes between segments (fill, garbage) are skipped up to the next marker, as libjpeg does."""
+    pos = 2
+    while True:
+        marker = JPEG_MARKER.search(data, pos)
+        if marker is None:
+            return -1
+        code = data[marker.start() + 1]
+        pos = marker.end()
+        if code == 0xD9:
+            return pos
+        if code not in (0x01, 0xD8):  # a segment: its 2-byte length counts itself, not the marker
+            pos += int.from_bytes(data[pos:pos + 2], "big")
 
 
 def shrink(x: Tensor, max_side: int) -> Tensor:

@@ -2,6 +2,7 @@
 import contextlib
 import dataclasses
 import math
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -199,3 +200,48 @@ def test_missing_data_is_one_clear_line(tmp_path, name):
         data.load_data(name, str(tmp_path / "nothing"), 0, "cpu")
     msg = str(e.value)
     assert "\n" not in msg and "nothing" in msg
+
+
+# ------------------------------------------------------------------------ --decode gpu: a JPEG's end, by its markers
+def _jpeg(path, seed=0, progressive=False, size=(40, 60)):
+    img = Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8))
+    img.save(path, progressive=progressive)
+    return path.read_bytes()
+
+
+def _with_thumbnail(jpeg: bytes, thumbnail: bytes) -> bytes:
+    """The JPEG with an APP1 (EXIF) segment after its SOI holding a thumbnail JPEG, with its own SOS and EOI."""
+    body = b"Exif\x00\x00" + thumbnail
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body + jpeg[2:]
+
+
+def test_read_jpeg_bytes_keeps_a_whole_jpeg_followed_by_other_data_or_holding_a_thumbnail(tmp_path):
+    """A motion photo (a video appended; its bytes hold FF DA and FF D9), a second JPEG appended, an EXIF thumbnail (a
+    JPEG inside an APP1 segment): the first image's bytes up to its end-of-image marker, which the CPU decoder reads
+    as the whole file. A search of the whole file for the last FF DA and FF D9 refused the motion photo (issue 30)."""
+    video = b"\x00\x00\x00\x18ftypmp42" + b"\xff\xda\x00\x0c" * 8 + bytes(range(256)) * 4 + b"\xff\xd9\xff\xda" * 3
+    for progressive in (False, True):
+        jpeg = _jpeg(tmp_path / "a.jpg", progressive=progressive)
+        thumbnail = _jpeg(tmp_path / "t.jpg", seed=1, size=(8, 12))
+        inside = _with_thumbnail(jpeg, thumbnail)
+        for name, blob in (("motion", jpeg + video), ("two", jpeg + thumbnail), ("thumbnail", inside),
+                           ("thumbnail+motion", inside + video)):
+            (tmp_path / f"{name}.jpg").write_bytes(blob)
+            got = imagefiles.read_jpeg_bytes(str(tmp_path / f"{name}.jpg"))
+            first = blob[:len(blob) - len(video)] if name.endswith("motion") else blob if name == "thumbnail" else jpeg
+            assert bytes(got.numpy()) == first, (name, progressive)
+            cpu = torchvision.io.decode_jpeg(torchvision.io.read_file(str(tmp_path / f"{name}.jpg")))
+            assert torch.equal(torchvision.io.decode_jpeg(got), cpu)
+
+
+def test_read_jpeg_bytes_refuses_a_jpeg_cut_anywhere(tmp_path):
+    """Baseline and progressive JPEGs, with and without an EXIF thumbnail (whose own EOI comes before the image's
+    scans), cut in their headers, in a scan, between scans or just before the end-of-image marker: truncated."""
+    thumbnail = _jpeg(tmp_path / "t.jpg", seed=1, size=(8, 12))
+    for progressive in (False, True):
+        jpeg = _jpeg(tmp_path / "a.jpg", progressive=progressive)
+        for blob in (jpeg, _with_thumbnail(jpeg, thumbnail)):
+            for cut in (3, 100, len(blob) // 3, len(blob) // 2, len(blob) * 3 // 4, len(blob) - 2, len(blob) - 1):
+                (tmp_path / "cut.jpg").write_bytes(blob[:cut])
+                with pytest.raises(ValueError, match="truncated JPEG"):
+                    imagefiles.read_jpeg_bytes(str(tmp_path / "cut.jpg"))
