@@ -1,8 +1,9 @@
 """Image files on disk -> uint8 tensors: one file (read_image, read_jpeg_bytes for the device's decoder), a batch of
 images of different sizes padded into one tensor (pad_images), files decoded on the device (decode_jpegs), and
 ImageFiles / file_loader: DataLoader workers that only read or decode files and hand over padded batches; the device
-crops them (augment.py). plumbing.data builds them."""
+crops them (augment.py). plumbing.data builds them. Every image, whatever its mode, becomes uint8 RGB (3, H, W)."""
 import functools
+import io
 import math
 import os
 import re
@@ -10,22 +11,57 @@ import signal
 import time
 from typing import Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
 
 Tensor = torch.Tensor
+UNREADABLE = (OSError, ValueError, SyntaxError, RuntimeError)  # what a truncated, corrupt or non-image file raises
 
 
 def read_image(path: str, max_side: int = 0) -> Tensor:
-    """An image file -> uint8 (3, H, W) RGB, shrunk to max_side (0: as is). torchvision's decoders (JPEG, PNG, WebP,
-    GIF; faster than PIL's: benchmark.py --part data), PIL for other formats (BMP, TIFF...). Corrupt: an error."""
+    """An image file -> uint8 (3, H, W) RGB (decode_bytes), shrunk to max_side (0: as is). Corrupt: an error."""
+    return shrink(decode_bytes(torchvision.io.read_file(path), path), max_side)
+
+
+def decode_bytes(data: Tensor, path: str = "") -> Tensor:
+    """A file's bytes (uint8 1-D) -> uint8 (3, H, W) RGB, whatever the image's mode: torchvision's decoders (JPEG, PNG,
+    WebP, GIF; faster than PIL's: benchmark.py --part data) in their RGB mode, as ImageReadMode.RGB converts grayscale,
+    palette, grayscale + alpha, RGBA and CMYK; PIL for other formats (TIFF, BMP, an animated WebP...: pil_image). An
+    animation: its first frame; 16 bits per sample: scaled to 8 (eight_bits). `path` (optional) names it in PIL's
+    errors. Corrupt or not an image: an error of UNREADABLE."""
     try:
-        x = torchvision.io.decode_image(torchvision.io.read_file(path), mode=torchvision.io.ImageReadMode.RGB)
+        x = torchvision.io.decode_image(data, mode=torchvision.io.ImageReadMode.RGB)
     except RuntimeError:  # a format torchvision does not decode; a corrupt file raises OSError in PIL
-        from PIL import Image
-        x = torchvision.transforms.functional.pil_to_tensor(Image.open(path).convert("RGB"))
-    return shrink(x, max_side)
+        x = pil_image(path or io.BytesIO(data.numpy()))
+    if x.ndim == 4:  # torchvision decodes every frame of an animated GIF: (frames, 3, H, W)
+        x = x[0]
+    return eight_bits(x)
+
+
+def pil_image(file) -> Tensor:
+    """A path or file object read by PIL -> (3, H, W) RGB, its first frame, as convert("RGB") gives it (a 16-bit RGB
+    TIFF: the high byte of each sample, within one level of eight_bits), except unsigned 16-bit grayscale (which
+    convert clips at 255): uint16, for eight_bits. Signed, 32-bit integer and floating-point images (PIL modes "I;16S",
+    "I", "F"...) have no one scaling to 8 bits: a ValueError."""
+    from PIL import Image
+    with Image.open(file) as image:
+        if image.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+            gray = np.asarray(image).astype(np.uint16)  # in native byte order ("I;16B" is big-endian)
+            return torch.from_numpy(gray).expand(3, -1, -1)
+        if image.mode.startswith(("I", "F")):
+            raise ValueError(f"a grayscale image of integers or floats (PIL mode {image.mode}), which have no "
+                             "standard scaling to 8 bits: save it with 8 or 16 bits (unsigned)")
+        return torchvision.transforms.functional.pil_to_tensor(image.convert("RGB"))
+
+
+def eight_bits(x: Tensor) -> Tensor:
+    """16-bit samples (uint16) -> uint8 round(v * 255 / 65535), rounded to the nearest level (v * 255 / 65535 = v / 257
+    is never halfway between two integers: no tie to break); uint8 as it is."""
+    if x.dtype != torch.uint16:
+        return x
+    return ((x.to(torch.int32) * 255 + 32767) // 65535).to(torch.uint8)
 
 
 def read_jpeg_bytes(path: str) -> Tensor:
@@ -101,9 +137,9 @@ def pad_images(images: Sequence[Tensor], storage=None) -> Tuple[Tensor, Tensor]:
 
 def decode_jpegs(blobs: Sequence[Tensor], device, max_side: int):
     """Files' bytes (uint8 1-D tensors) -> (pad_images of the images decoded on `device`, src, decoded). One batched
-    torchvision decode_jpeg (nvJPEG on a GPU); a file it cannot decode is tried with torchvision's CPU decoder (PNG,
-    CMYK JPEG...), and one that no decoder reads is replaced by the next decoded image of the batch: image i is file
-    src[i], decoded[i] = False. Images are shrunk to max_side (shrink) before padding."""
+    torchvision decode_jpeg (nvJPEG on a GPU); a file it cannot decode is tried with decode_bytes on the CPU (PNG,
+    16-bit, TIFF...: uint8 RGB), and one that no decoder reads is replaced by the next decoded image of the batch: image
+    i is file src[i], decoded[i] = False. Images are shrunk to max_side (shrink) before padding."""
     rgb = torchvision.io.ImageReadMode.RGB
     try:
         imgs = torchvision.io.decode_jpeg(list(blobs), mode=rgb, device=device)
@@ -114,8 +150,8 @@ def decode_jpegs(blobs: Sequence[Tensor], device, max_side: int):
                 imgs.append(torchvision.io.decode_jpeg(b, mode=rgb, device=device))
             except RuntimeError:
                 try:
-                    imgs.append(torchvision.io.decode_image(b, mode=rgb).to(device))
-                except RuntimeError:
+                    imgs.append(decode_bytes(b).to(device))
+                except UNREADABLE:
                     imgs.append(None)
     n, ok = len(imgs), [im is not None for im in imgs]
     src = [next((j % n for j in range(i, i + n) if ok[j % n]), i) for i in range(n)]
@@ -154,7 +190,7 @@ _USE_COUNT = getattr(torch._C, "_storage_Use_Count", None)  # references to a st
 class ImageFiles(torch.utils.data.Dataset):
     """Image files (paths, labels) read by DataLoader workers: "bytes" (the device decodes them), "decode" (read_image:
     uint8 (3, H, W), longer side <= LARGE_MAX), "small" (resized whole) or "eval" (resize + center crop). An unreadable
-    file is replaced by the next readable one ("small": not), and `ok` = False tells the main process.
+    file (UNREADABLE) is replaced by the next readable one ("small": not), and `ok` = False tells the main process.
 
     "decode": a worker pads its batches into RING shared-memory buffers in turn instead of a new one each batch: the
     first write to fresh memory (page faults) costs a third as much as decoding (benchmark.py --part data). Its
@@ -213,7 +249,7 @@ class ImageFiles(torch.utils.data.Dataset):
             try:
                 x = (read_jpeg_bytes(path) if self.mode == "bytes" else
                      read_image(path, LARGE_MAX if self.mode == "decode" else 0))
-            except (OSError, ValueError, SyntaxError, RuntimeError):  # truncated, corrupt or not an image
+            except UNREADABLE:  # truncated, corrupt or not an image
                 continue
             x = (x if self.mode in ("bytes", "decode") else TF.resize(x, [self.size] * 2) if self.mode == "small" else
                  TF.center_crop(TF.resize(x, round(self.size * 8 / 7)), self.size))
