@@ -2,9 +2,11 @@
 images of different sizes padded into one tensor (pad_images), files decoded on the device (decode_jpegs), and
 ImageFiles / file_loader: DataLoader workers that only read or decode files and hand over padded batches; the device
 crops them (augment.py). plumbing.data builds them. Every image, whatever its mode, becomes uint8 RGB (3, H, W)."""
+import atexit
 import functools
 import io
 import math
+import multiprocessing
 import os
 import re
 import signal
@@ -15,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
+
+from plumbing.errors import UserError
 
 Tensor = torch.Tensor
 UNREADABLE = (OSError, ValueError, SyntaxError, RuntimeError)  # what a truncated, corrupt or non-image file raises
@@ -190,7 +194,8 @@ _USE_COUNT = getattr(torch._C, "_storage_Use_Count", None)  # references to a st
 class ImageFiles(torch.utils.data.Dataset):
     """Image files (paths, labels) read by DataLoader workers: "bytes" (the device decodes them), "decode" (read_image:
     uint8 (3, H, W), longer side <= LARGE_MAX), "small" (resized whole) or "eval" (resize + center crop). An unreadable
-    file (UNREADABLE) is replaced by the next readable one ("small": not), and `ok` = False tells the main process.
+    file (UNREADABLE) is replaced by the next readable one ("small": not), and `ok` = False tells the main process; any
+    other exception while reading a file is a ReadFailure naming it (FileLoader: one line).
 
     "decode": a worker pads its batches into RING shared-memory buffers in turn instead of a new one each batch: the
     first write to fresh memory (page faults) costs a third as much as decoding (benchmark.py --part data). Its
@@ -251,6 +256,8 @@ class ImageFiles(torch.utils.data.Dataset):
                      read_image(path, LARGE_MAX if self.mode == "decode" else 0))
             except UNREADABLE:  # truncated, corrupt or not an image
                 continue
+            except Exception as e:  # unforeseen (a decoder's bug, ours): the run ends naming the file (FileLoader)
+                raise ReadFailure(f"reading {path} failed: {type(e).__name__}: {' '.join(str(e).split())}") from e
             x = (x if self.mode in ("bytes", "decode") else TF.resize(x, [self.size] * 2) if self.mode == "small" else
                  TF.center_crop(TF.resize(x, round(self.size * 8 / 7)), self.size))
             return x, int(self.labels[j]), i, j == i
@@ -269,12 +276,45 @@ class ImageFiles(torch.utils.data.Dataset):
         return x, torch.tensor(y), torch.tensor(idx), torch.tensor(ok)
 
 
+class ReadFailure(Exception):
+    """A file that a worker failed to read with an exception outside UNREADABLE: one line, naming the file."""
+
+
+class FileLoader(torch.utils.data.DataLoader):
+    """A DataLoader whose worker's ReadFailure, which DataLoader re-raises here with the worker's traceback as its
+    message, ends the run in one line (a UserError): what the user acts on is the file. Any other exception of a worker
+    (a bug in this module) keeps its traceback; end_workers makes sure that the process then exits."""
+
+    def __iter__(self):
+        try:
+            yield from super().__iter__()
+        except ReadFailure as e:
+            failed = str(e).strip().splitlines()[-1].split("ReadFailure: ", 1)[-1]  # the worker's exception: last line
+            raise UserError(f"{failed}; remove or replace the file.") from None
+
+
 def file_loader(dataset, batch_sampler, workers: int, persistent: bool = False):
-    """A DataLoader of `dataset`'s batches (each worker prefetches 2), its workers set up by quiet_worker."""
+    """A FileLoader of `dataset`'s batches (each worker prefetches 2), its workers set up by quiet_worker."""
     if getattr(dataset, "taken", None) is not None:
         dataset.taken.zero_()  # new workers count from 0
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers,
-                                       persistent_workers=persistent, collate_fn=dataset.collate,
-                                       pin_memory=torch.cuda.is_available(), worker_init_fn=quiet_worker)
+    return FileLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, persistent_workers=persistent,
+                      collate_fn=dataset.collate, pin_memory=torch.cuda.is_available(), worker_init_fn=quiet_worker)
+
+
+def end_workers():
+    """At exit: DataLoader workers still running are killed. Their loader is still alive when an exception stopped
+    the loop (its traceback holds the iterator), and multiprocessing's exit handler would send them SIGTERM, which they
+    ignore (quiet_worker), then wait for them forever. Registered when this module is imported: after multiprocessing's
+    handler, so it runs before it, and before data.py's graceful shutdown of persistent workers, so it runs after it
+    (atexit runs the last registered first)."""
+    workers = [process for process in multiprocessing.active_children() if process.daemon]
+    if workers:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler would raise for each killed worker
+    for process in workers:
+        process.kill()
+        process.join()
+
+
+atexit.register(end_workers)
 
 
