@@ -45,7 +45,8 @@ LOWEST = dict(epochs=1, batch_size=2, lr=1e-12, weight_decay=0, warmup_epochs=0,
 
 
 def cli(main, args_cls):
-    """Parse the command line with tyro and run main(args), alone or as one of torchrun's processes."""
+    """Parse the command line with tyro and run main(args), alone or as one of torchrun's processes. A UserError is one
+    line and its exit code; any other exception (a bug) keeps its traceback, exit 1 at once (imagefiles.end_workers)."""
     try:
         args = tyro.cli(args_cls)
     except BrokenPipeError:  # `--help | head`: the reader left; quiet, as other command-line tools

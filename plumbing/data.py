@@ -17,7 +17,7 @@ import torchvision
 
 from plumbing.distributed import rank, world_size
 from plumbing.errors import UserError
-from plumbing.imagefiles import LARGE_MAX, ImageFiles, decode_jpegs, file_loader, read_image
+from plumbing.imagefiles import LARGE_MAX, UNREADABLE, ImageFiles, decode_jpegs, eight_bits, file_loader, read_image
 
 Tensor = torch.Tensor
 DatasetName = Literal["cifar10", "cifar100", "stl10", "tinyimagenet", "imagenet100", "imagefolder", "medmnist",
@@ -127,18 +127,35 @@ def _decode_all(files, size, workers):
     parts = list(file_loader(ImageFiles(files, size, "small"), chunks, workers))
     bad = [os.fsdecode(files[0][i]) for _, _, idx, ok in parts for i in idx[~ok].tolist()]
     if bad:
-        raise UserError(f"{len(bad)} unreadable image file(s), e.g. {', '.join(bad[:3])}; remove or replace them.")
+        examples = ", ".join([f"{bad[0]} ({_why(bad[0])})", *bad[1:3]])
+        raise UserError(f"{len(bad)} unreadable image file(s), e.g. {examples}; remove or replace them.")
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
+def _why(path: str) -> str:
+    """Why an image file is unreadable, in a few words: the exception that reading it raises."""
+    try:
+        read_image(path)
+    except UNREADABLE as e:
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:160]}" if str(e) else type(e).__name__
+    return "no error when read again"  # it failed in the worker only
+
+
 def _load_medmnist(root: Path):
-    """(train, test) splits of a MedMNIST .npz: images (N, H, W) or (N, H, W, 1 or 3) as uint8 (N, 3, H, W)."""
+    """(train, test) splits of a MedMNIST .npz: images (N, H, W) or (N, H, W, 1 or 3) as uint8 (N, 3, H, W). uint16
+    images are scaled to 8 bits as 16-bit image files are (eight_bits); any other dtype (float, int64...) is refused:
+    its scale is not known."""
     keys = ("train_images", "train_labels", "test_images", "test_labels")
     try:  # any other shape fails in permute or expand
         arrays = np.load(root)
         splits = []
         for split in ("train", "test"):
-            images = torch.from_numpy(arrays[f"{split}_images"])
+            array = arrays[f"{split}_images"]
+            if array.dtype not in (np.uint8, np.uint16):
+                raise UserError(f"{root}: {split}_images are {array.dtype}; medmnist needs uint8 images (or uint16, "
+                                "scaled to 8 bits): convert them, e.g. np.round(x * 255).astype(np.uint8) for values "
+                                "in [0, 1].")
+            images = eight_bits(torch.from_numpy(array))
             labels = torch.from_numpy(arrays[f"{split}_labels"])
             if images.ndim == 3:
                 images = images[..., None]
@@ -235,7 +252,7 @@ def _image_folder(name: str, root: Path, workers: int, decode: Decoder):
     first = os.fsdecode(train[0][0])
     try:
         size = max(read_image(first).shape[1:])
-    except (OSError, RuntimeError) as e:
+    except UNREADABLE as e:
         raise UserError(f"unreadable image {first} ({type(e).__name__}); remove it.") from None
     if size <= SMALL_MAX and name != "imagenet100":
         return len(classes), _decode_all(train, size, workers), _decode_all(test, size, workers)

@@ -1,41 +1,110 @@
 """Image files on disk -> uint8 tensors: one file (read_image, read_jpeg_bytes for the device's decoder), a batch of
 images of different sizes padded into one tensor (pad_images), files decoded on the device (decode_jpegs), and
 ImageFiles / file_loader: DataLoader workers that only read or decode files and hand over padded batches; the device
-crops them (augment.py). plumbing.data builds them."""
+crops them (augment.py). plumbing.data builds them. Every image, whatever its mode, becomes uint8 RGB (3, H, W)."""
+import atexit
 import functools
+import io
 import math
+import multiprocessing
 import os
+import re
 import signal
 import time
 from typing import Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
 
+from plumbing.errors import UserError
+
 Tensor = torch.Tensor
+UNREADABLE = (OSError, ValueError, SyntaxError, RuntimeError)  # what a truncated, corrupt or non-image file raises
 
 
 def read_image(path: str, max_side: int = 0) -> Tensor:
-    """An image file -> uint8 (3, H, W) RGB, shrunk to max_side (0: as is). torchvision's decoders (JPEG, PNG, WebP,
-    GIF; faster than PIL's: benchmark.py --part data), PIL for other formats (BMP, TIFF...). Corrupt: an error."""
+    """An image file -> uint8 (3, H, W) RGB (decode_bytes), shrunk to max_side (0: as is). Corrupt: an error."""
+    return shrink(decode_bytes(torchvision.io.read_file(path), path), max_side)
+
+
+def decode_bytes(data: Tensor, path: str = "") -> Tensor:
+    """A file's bytes (uint8 1-D) -> uint8 (3, H, W) RGB, whatever the image's mode: torchvision's decoders (JPEG, PNG,
+    WebP, GIF; faster than PIL's: benchmark.py --part data) in their RGB mode, as ImageReadMode.RGB converts grayscale,
+    palette, grayscale + alpha, RGBA and CMYK; PIL for other formats (TIFF, BMP, an animated WebP...: pil_image). An
+    animation: its first frame; 16 bits per sample: scaled to 8 (eight_bits). `path` (optional) names it in PIL's
+    errors. Corrupt or not an image: an error of UNREADABLE."""
     try:
-        x = torchvision.io.decode_image(torchvision.io.read_file(path), mode=torchvision.io.ImageReadMode.RGB)
+        x = torchvision.io.decode_image(data, mode=torchvision.io.ImageReadMode.RGB)
     except RuntimeError:  # a format torchvision does not decode; a corrupt file raises OSError in PIL
-        from PIL import Image
-        x = torchvision.transforms.functional.pil_to_tensor(Image.open(path).convert("RGB"))
-    return shrink(x, max_side)
+        x = pil_image(path or io.BytesIO(data.numpy()))
+    if x.ndim == 4:  # torchvision decodes every frame of an animated GIF: (frames, 3, H, W)
+        x = x[0]
+    return eight_bits(x)
+
+
+def pil_image(file) -> Tensor:
+    """A path or file object read by PIL -> (3, H, W) RGB, its first frame, as convert("RGB") gives it (a 16-bit RGB
+    TIFF: the high byte of each sample, within one level of eight_bits), except unsigned 16-bit grayscale (which
+    convert clips at 255): uint16, for eight_bits. Signed, 32-bit integer and floating-point images (PIL modes "I;16S",
+    "I", "F"...) have no one scaling to 8 bits: a ValueError."""
+    from PIL import Image
+    with Image.open(file) as image:
+        if image.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+            gray = np.asarray(image).astype(np.uint16)  # in native byte order ("I;16B" is big-endian)
+            return torch.from_numpy(gray).expand(3, -1, -1)
+        if image.mode.startswith(("I", "F")):
+            raise ValueError(f"a grayscale image of integers or floats (PIL mode {image.mode}), which have no "
+                             "standard scaling to 8 bits: save it with 8 or 16 bits (unsigned)")
+        return torchvision.transforms.functional.pil_to_tensor(image.convert("RGB"))
+
+
+def eight_bits(x: Tensor) -> Tensor:
+    """16-bit samples (uint16) -> uint8 round(v * 255 / 65535), rounded to the nearest level (v * 255 / 65535 = v / 257
+    is never halfway between two integers: no tie to break); uint8 as it is."""
+    if x.dtype != torch.uint16:
+        return x
+    return ((x.to(torch.int32) * 255 + 32767) // 65535).to(torch.uint8)
 
 
 def read_jpeg_bytes(path: str) -> Tensor:
-    """A file's bytes as a uint8 1-D tensor for the device to decode (--decode gpu). A truncated JPEG (no end-of-image
-    marker after its last start-of-scan) is an error here: nvJPEG decoded one without an error on an H100 (torch 2.11,
-    2026-12-06) where torchvision's CPU decoder raises, so the workers catch it, for both devices."""
+    """A file's bytes as a uint8 1-D tensor for the device to decode (--decode gpu); a JPEG's up to the end of its
+    first complete image (jpeg_end: a motion photo's video or other data after it is left out). A truncated JPEG is an
+    error here: nvJPEG decoded one without an error on an H100 (torch 2.11, 2026-12-06) where torchvision's CPU decoder
+    raises, so the workers catch it, for both devices."""
     with open(path, "rb") as f:
         data = bytearray(f.read())
-    if data[:2] == b"\xff\xd8" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
-        raise ValueError(f"{path}: truncated JPEG (no end-of-image marker after its last scan)")
+    if data[:2] == b"\xff\xd8":
+        end = jpeg_end(data)
+        if end < 0:
+            raise ValueError(f"{path}: truncated JPEG (its data ends before the end-of-image marker)")
+        del data[end:]
     return torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+
+
+# the next marker in JPEG bytes: 0xFF and a code other than 0x00 (a 0xFF byte of entropy-coded data, stuffed), RST0-7
+# (restart markers, inside a scan's data) and 0xFF (fill bytes before a marker)
+JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+def jpeg_end(data) -> int:
+    """Where the first complete image of JPEG bytes ends (the offset after its end-of-image marker, EOI), or -1 if the
+    bytes end first: truncated. Walks the marker segments from the start of image (SOI): a segment is skipped by its
+    length (so an APPn segment's EXIF thumbnail, a JPEG itself, is never read as markers), a start of scan (SOS) is
+    followed by entropy-coded data up to the next marker that is not a restart marker, and SOI and TEM have no length.
+    Bytes between segments (fill, garbage) are skipped up to the next marker, as libjpeg does."""
+    pos = 2
+    while True:
+        marker = JPEG_MARKER.search(data, pos)
+        if marker is None:
+            return -1
+        code = data[marker.start() + 1]
+        pos = marker.end()
+        if code == 0xD9:
+            return pos
+        if code not in (0x01, 0xD8):  # a segment: its 2-byte length counts itself, not the marker
+            pos += int.from_bytes(data[pos:pos + 2], "big")
 
 
 def shrink(x: Tensor, max_side: int) -> Tensor:
@@ -72,9 +141,9 @@ def pad_images(images: Sequence[Tensor], storage=None) -> Tuple[Tensor, Tensor]:
 
 def decode_jpegs(blobs: Sequence[Tensor], device, max_side: int):
     """Files' bytes (uint8 1-D tensors) -> (pad_images of the images decoded on `device`, src, decoded). One batched
-    torchvision decode_jpeg (nvJPEG on a GPU); a file it cannot decode is tried with torchvision's CPU decoder (PNG,
-    CMYK JPEG...), and one that no decoder reads is replaced by the next decoded image of the batch: image i is file
-    src[i], decoded[i] = False. Images are shrunk to max_side (shrink) before padding."""
+    torchvision decode_jpeg (nvJPEG on a GPU); a file it cannot decode is tried with decode_bytes on the CPU (PNG,
+    16-bit, TIFF...: uint8 RGB), and one that no decoder reads is replaced by the next decoded image of the batch: image
+    i is file src[i], decoded[i] = False. Images are shrunk to max_side (shrink) before padding."""
     rgb = torchvision.io.ImageReadMode.RGB
     try:
         imgs = torchvision.io.decode_jpeg(list(blobs), mode=rgb, device=device)
@@ -85,8 +154,8 @@ def decode_jpegs(blobs: Sequence[Tensor], device, max_side: int):
                 imgs.append(torchvision.io.decode_jpeg(b, mode=rgb, device=device))
             except RuntimeError:
                 try:
-                    imgs.append(torchvision.io.decode_image(b, mode=rgb).to(device))
-                except RuntimeError:
+                    imgs.append(decode_bytes(b).to(device))
+                except UNREADABLE:
                     imgs.append(None)
     n, ok = len(imgs), [im is not None for im in imgs]
     src = [next((j % n for j in range(i, i + n) if ok[j % n]), i) for i in range(n)]
@@ -125,7 +194,8 @@ _USE_COUNT = getattr(torch._C, "_storage_Use_Count", None)  # references to a st
 class ImageFiles(torch.utils.data.Dataset):
     """Image files (paths, labels) read by DataLoader workers: "bytes" (the device decodes them), "decode" (read_image:
     uint8 (3, H, W), longer side <= LARGE_MAX), "small" (resized whole) or "eval" (resize + center crop). An unreadable
-    file is replaced by the next readable one ("small": not), and `ok` = False tells the main process.
+    file (UNREADABLE) is replaced by the next readable one ("small": not), and `ok` = False tells the main process; any
+    other exception while reading a file is a ReadFailure naming it (FileLoader: one line).
 
     "decode": a worker pads its batches into RING shared-memory buffers in turn instead of a new one each batch: the
     first write to fresh memory (page faults) costs a third as much as decoding (benchmark.py --part data). Its
@@ -184,8 +254,10 @@ class ImageFiles(torch.utils.data.Dataset):
             try:
                 x = (read_jpeg_bytes(path) if self.mode == "bytes" else
                      read_image(path, LARGE_MAX if self.mode == "decode" else 0))
-            except (OSError, ValueError, SyntaxError, RuntimeError):  # truncated, corrupt or not an image
+            except UNREADABLE:  # truncated, corrupt or not an image
                 continue
+            except Exception as e:  # unforeseen (a decoder's bug, ours): the run ends naming the file (FileLoader)
+                raise ReadFailure(f"reading {path} failed: {type(e).__name__}: {' '.join(str(e).split())}") from e
             x = (x if self.mode in ("bytes", "decode") else TF.resize(x, [self.size] * 2) if self.mode == "small" else
                  TF.center_crop(TF.resize(x, round(self.size * 8 / 7)), self.size))
             return x, int(self.labels[j]), i, j == i
@@ -204,12 +276,45 @@ class ImageFiles(torch.utils.data.Dataset):
         return x, torch.tensor(y), torch.tensor(idx), torch.tensor(ok)
 
 
+class ReadFailure(Exception):
+    """A file that a worker failed to read with an exception outside UNREADABLE: one line, naming the file."""
+
+
+class FileLoader(torch.utils.data.DataLoader):
+    """A DataLoader whose worker's ReadFailure, which DataLoader re-raises here with the worker's traceback as its
+    message, ends the run in one line (a UserError): what the user acts on is the file. Any other exception of a worker
+    (a bug in this module) keeps its traceback; end_workers makes sure that the process then exits."""
+
+    def __iter__(self):
+        try:
+            yield from super().__iter__()
+        except ReadFailure as e:
+            failed = str(e).strip().splitlines()[-1].split("ReadFailure: ", 1)[-1]  # the worker's exception: last line
+            raise UserError(f"{failed}; remove or replace the file.") from None
+
+
 def file_loader(dataset, batch_sampler, workers: int, persistent: bool = False):
-    """A DataLoader of `dataset`'s batches (each worker prefetches 2), its workers set up by quiet_worker."""
+    """A FileLoader of `dataset`'s batches (each worker prefetches 2), its workers set up by quiet_worker."""
     if getattr(dataset, "taken", None) is not None:
         dataset.taken.zero_()  # new workers count from 0
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers,
-                                       persistent_workers=persistent, collate_fn=dataset.collate,
-                                       pin_memory=torch.cuda.is_available(), worker_init_fn=quiet_worker)
+    return FileLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, persistent_workers=persistent,
+                      collate_fn=dataset.collate, pin_memory=torch.cuda.is_available(), worker_init_fn=quiet_worker)
+
+
+def end_workers():
+    """At exit: DataLoader workers still running are killed. Their loader is still alive when an exception stopped
+    the loop (its traceback holds the iterator), and multiprocessing's exit handler would send them SIGTERM, which they
+    ignore (quiet_worker), then wait for them forever. Registered when this module is imported: after multiprocessing's
+    handler, so it runs before it, and before data.py's graceful shutdown of persistent workers, so it runs after it
+    (atexit runs the last registered first)."""
+    workers = [process for process in multiprocessing.active_children() if process.daemon]
+    if workers:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler would raise for each killed worker
+    for process in workers:
+        process.kill()
+        process.join()
+
+
+atexit.register(end_workers)
 
 

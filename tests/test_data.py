@@ -2,6 +2,8 @@
 import contextlib
 import dataclasses
 import math
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -199,3 +201,171 @@ def test_missing_data_is_one_clear_line(tmp_path, name):
         data.load_data(name, str(tmp_path / "nothing"), 0, "cpu")
     msg = str(e.value)
     assert "\n" not in msg and "nothing" in msg
+
+
+# ------------------------------------------------------------------------------- images of every mode: uint8 RGB
+def _png16(path, pixels):
+    """A 16-bit PNG of uint16 pixels (H, W) grayscale or (H, W, 3) RGB, written by hand: PIL writes 16-bit gray only."""
+    h, w = pixels.shape[:2]
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)  # filter 0 (none) before each row
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", w, h, 16, 0 if pixels.ndim == 2 else 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) +
+                     chunk(b"IEND", b""))
+
+
+def _tiff16_rgb(path, pixels):
+    """An uncompressed 16-bit RGB TIFF of uint16 pixels (H, W, 3), written by hand: PIL does not write one."""
+    h, w = pixels.shape[:2]
+    bits_at = 8 + 2 + 9 * 12 + 4  # after the header and the IFD of 9 entries
+    tags = [(256, 3, 1, w), (257, 3, 1, h), (258, 3, 3, bits_at), (259, 3, 1, 1), (262, 3, 1, 2),
+            (273, 4, 1, bits_at + 6), (277, 3, 1, 3), (278, 3, 1, h), (279, 4, 1, pixels.size * 2)]
+    ifd = struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", *tag) for tag in tags) + struct.pack("<I", 0)
+    path.write_bytes(b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<3H", 16, 16, 16) +
+                     pixels.astype("<u2").tobytes())
+
+
+def _every_mode(folder, h, w):
+    """Files of every mode that an ImageFolder lists, and what each must become, uint8 (H, W, 3): PIL's
+    convert("RGB") (an animation's first frame), or for 16 bits per sample round(v * 255 / 65535)."""
+    rng = np.random.default_rng(1)
+    folder.mkdir(parents=True, exist_ok=True)
+    want = {}
+    for name, shape in (("gray16.png", (h, w)), ("rgb16.png", (h, w, 3)), ("rgb16.tif", (h, w, 3)),
+                        ("gray16.tif", (h, w))):
+        pixels = rng.integers(0, 65536, shape, dtype=np.uint16)
+        if name == "gray16.tif":
+            Image.fromarray(pixels).save(folder / name)  # PIL mode I;16
+        elif name.endswith(".tif"):
+            _tiff16_rgb(folder / name, pixels)
+        else:
+            _png16(folder / name, pixels)
+        scaled = np.round(pixels * (255 / 65535)).astype(np.uint8)
+        want[name] = np.repeat(scaled[..., None], 3, -1) if scaled.ndim == 2 else scaled
+    rgb = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for _ in range(3)]
+    rgb[0].convert("P").save(folder / "palette.png")
+    Image.fromarray(rng.integers(0, 256, (h, w, 2), dtype=np.uint8), "LA").save(folder / "gray_alpha.png")
+    Image.fromarray(rng.integers(0, 256, (h, w, 4), dtype=np.uint8), "RGBA").save(folder / "rgba.png")
+    Image.fromarray(rng.integers(0, 256, (h, w, 4), dtype=np.uint8), "CMYK").save(folder / "cmyk.jpg")
+    rgb[1].save(folder / "rgb8.tif")
+    rgb[1].convert("L").save(folder / "gray8.tif")
+    rgb[0].save(folder / "animated.webp", save_all=True, append_images=rgb[1:], lossless=True)
+    for name in ("palette.png", "gray_alpha.png", "rgba.png", "cmyk.jpg", "rgb8.tif", "gray8.tif", "animated.webp"):
+        with Image.open(folder / name) as image:
+            want[name] = np.array(image.convert("RGB"))
+    return want
+
+
+def _as_hwc(x):
+    return x.permute(1, 2, 0).numpy().astype(np.int64)
+
+
+@pytest.mark.parametrize("path", ["small", "large", "large-bytes"])
+def test_images_of_every_mode_become_uint8_rgb_in_both_image_paths(tmp_path, capsys, path):
+    """16-bit PNGs (grayscale, RGB) and TIFFs (RGB, grayscale), palette, grayscale + alpha, RGBA, CMYK JPEG, 8-bit TIFFs
+    and an animated WebP among an ImageFolder's files: uint8 RGB within one grey level of PIL's conversion (16 bits:
+    of round(v * 255 / 65535)), decoded once (small images) or by the workers (large: --decode cpu; --decode gpu with
+    the CPU decoding). 16-bit samples used to wrap around (large) or break the small-image workers (issue 30)."""
+    h, w = (24, 24) if path == "small" else (100, 130)
+    want = _every_mode(tmp_path / "train" / "odd", h, w)
+    _every_mode(tmp_path / "val" / "odd", h, w)
+    decode = "gpu" if path == "large-bytes" else "cpu"
+    d = data.load_data("imagefolder", str(tmp_path), 0, "cpu", workers=1, decode=decode)
+    names = [Path(p).name for p, _ in torchvision.datasets.ImageFolder(str(tmp_path / "train")).samples]
+    seen = {}
+    if path == "small":
+        images = d.splits["ssl"][0]
+        assert not d.large and images.dtype == torch.uint8 and images.shape == (len(want), 3, h, w)
+        seen = {names[i]: _as_hwc(images[i]) for i in range(len(names))}
+    else:
+        assert d.large
+        for (x, hw), _, idx in d.ssl_batches(len(want), 0, 0):  # one batch of them all
+            assert x.dtype == torch.uint8 and torch.equal(hw, torch.tensor([[h, w]] * len(want)))
+            seen.update({names[i]: _as_hwc(x[k]) for k, i in enumerate(idx.tolist())})
+        assert d.unreadable == 0 and "unreadable" not in capsys.readouterr().err
+    assert sorted(seen) == sorted(want)
+    for name, got in seen.items():
+        assert np.abs(got - want[name]).max() <= 1, name
+
+
+def test_an_animated_gif_is_its_first_frame_and_a_float_tiff_is_refused_in_one_line(tmp_path):
+    """An animated GIF (torchvision decodes every frame; not an ImageFolder extension, read alone): its first frame,
+    by both readers. A 32-bit floating-point TIFF has no one scaling to 8 bits: its folder is refused in one line
+    that names the file and why."""
+    rng = np.random.default_rng(2)
+    frames = [Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)) for _ in range(3)]
+    frames[0].save(tmp_path / "animated.gif", save_all=True, append_images=frames[1:])
+    with Image.open(tmp_path / "animated.gif") as image:
+        want = np.array(image.convert("RGB"))
+    x = imagefiles.read_image(str(tmp_path / "animated.gif"))
+    (xb, _), _, ok = imagefiles.decode_jpegs([imagefiles.read_jpeg_bytes(str(tmp_path / "animated.gif"))], "cpu", 512)
+    assert x.shape == (3, 20, 30) and np.array_equal(_as_hwc(x), want) and torch.equal(xb[0], x) and ok == [True]
+    _write_folder(tmp_path / "data", 32)
+    Image.fromarray(rng.random((32, 32), dtype=np.float32)).save(tmp_path / "data" / "train" / "dog" / "float.tif")
+    with pytest.raises(UserError) as e:
+        data.load_data("imagefolder", str(tmp_path / "data"), 0, "cpu", workers=1)
+    assert "\n" not in str(e.value) and "dog/float.tif" in str(e.value) and "mode F" in str(e.value), e.value
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "float32", "int64"])
+def test_medmnist_uint16_images_are_scaled_to_8_bits_and_other_dtypes_are_one_line(tmp_path, dtype):
+    rng = np.random.default_rng(0)
+    path, labels = tmp_path / "odd.npz", rng.integers(0, 8, (20, 1))
+    images = rng.integers(0, 65536 if dtype == "uint16" else 256, (20, 28, 28), dtype=np.int64).astype(dtype)
+    np.savez(path, train_images=images, train_labels=labels, test_images=images, test_labels=labels)
+    if dtype != "uint16":
+        with pytest.raises(UserError, match=f"odd.npz: train_images are {dtype}; medmnist needs uint8") as e:
+            data.load_data("medmnist", str(path), 0, "cpu")
+        assert "\n" not in str(e.value)
+        return
+    x = data.load_data("medmnist", str(path), 0, "cpu").splits["ssl"][0]
+    want = torch.from_numpy(np.round(images * (255 / 65535)).astype(np.uint8))
+    assert x.dtype == torch.uint8 and x.shape == (20, 3, 28, 28) and torch.equal(x, want[:, None].expand(-1, 3, -1, -1))
+
+
+# ------------------------------------------------------------------------ --decode gpu: a JPEG's end, by its markers
+def _jpeg(path, seed=0, progressive=False, size=(40, 60)):
+    img = Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8))
+    img.save(path, progressive=progressive)
+    return path.read_bytes()
+
+
+def _with_thumbnail(jpeg: bytes, thumbnail: bytes) -> bytes:
+    """The JPEG with an APP1 (EXIF) segment after its SOI holding a thumbnail JPEG, with its own SOS and EOI."""
+    body = b"Exif\x00\x00" + thumbnail
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body + jpeg[2:]
+
+
+def test_read_jpeg_bytes_keeps_a_whole_jpeg_followed_by_other_data_or_holding_a_thumbnail(tmp_path):
+    """A motion photo (a video appended; its bytes hold FF DA and FF D9), a second JPEG appended, an EXIF thumbnail (a
+    JPEG inside an APP1 segment): the first image's bytes up to its end-of-image marker, which the CPU decoder reads
+    as the whole file. A search of the whole file for the last FF DA and FF D9 refused the motion photo (issue 30)."""
+    video = b"\x00\x00\x00\x18ftypmp42" + b"\xff\xda\x00\x0c" * 8 + bytes(range(256)) * 4 + b"\xff\xd9\xff\xda" * 3
+    for progressive in (False, True):
+        jpeg = _jpeg(tmp_path / "a.jpg", progressive=progressive)
+        thumbnail = _jpeg(tmp_path / "t.jpg", seed=1, size=(8, 12))
+        inside = _with_thumbnail(jpeg, thumbnail)
+        for name, blob in (("motion", jpeg + video), ("two", jpeg + thumbnail), ("thumbnail", inside),
+                           ("thumbnail+motion", inside + video)):
+            (tmp_path / f"{name}.jpg").write_bytes(blob)
+            got = imagefiles.read_jpeg_bytes(str(tmp_path / f"{name}.jpg"))
+            first = blob[:len(blob) - len(video)] if name.endswith("motion") else blob if name == "thumbnail" else jpeg
+            assert bytes(got.numpy()) == first, (name, progressive)
+            cpu = torchvision.io.decode_jpeg(torchvision.io.read_file(str(tmp_path / f"{name}.jpg")))
+            assert torch.equal(torchvision.io.decode_jpeg(got), cpu)
+
+
+def test_read_jpeg_bytes_refuses_a_jpeg_cut_anywhere(tmp_path):
+    """Baseline and progressive JPEGs, with and without an EXIF thumbnail (whose own EOI comes before the image's
+    scans), cut in their headers, in a scan, between scans or just before the end-of-image marker: truncated."""
+    thumbnail = _jpeg(tmp_path / "t.jpg", seed=1, size=(8, 12))
+    for progressive in (False, True):
+        jpeg = _jpeg(tmp_path / "a.jpg", progressive=progressive)
+        for blob in (jpeg, _with_thumbnail(jpeg, thumbnail)):
+            for cut in (3, 100, len(blob) // 3, len(blob) // 2, len(blob) * 3 // 4, len(blob) - 2, len(blob) - 1):
+                (tmp_path / "cut.jpg").write_bytes(blob[:cut])
+                with pytest.raises(ValueError, match="truncated JPEG"):
+                    imagefiles.read_jpeg_bytes(str(tmp_path / "cut.jpg"))

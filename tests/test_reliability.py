@@ -2,7 +2,8 @@
 weights_only=True, refuse what does not fit and honour what may change; a non-finite state is never saved; SIGTERM
 saves and SIGKILL loses at most the last checkpoint interval, and --resume then ends bit-identical to an
 uninterrupted run (the same backbone.pt bytes); two runs started together get two run directories; a closed stdout,
-a full disk, a complete run resumed and Ctrl-C while importing each end in one line or none."""
+a full disk, a complete run resumed and Ctrl-C while importing each end in one line or none; a failure while loading
+images ends the process at once, in one line if a file caused it."""
 import hashlib
 import json
 import os
@@ -124,6 +125,74 @@ def test_dino_vit_multicrop_on_imagenet_sized_jpegs_decoded_on_the_device(cli, t
                          "--proj-hidden-dim", 32, "--proj-output-dim", 16)
     assert code == 0, err
     assert err.count("warning: unreadable image") == 1 and "dog/1.jpg" in err and "kNN top-1" in out
+
+
+# simclr's command line with a failure planted in the data loading (forked DataLoader workers inherit it): "file", an
+# exception that no decoder is expected to raise, on train/dog/3's file only; "collate", a bug in the workers' code
+PLANTED = """import sys
+sys.path[:0] = [{root!r}, {methods!r}]
+import common
+import simclr
+from plumbing import imagefiles
+
+read_image = imagefiles.read_image
+read_jpeg_bytes = imagefiles.read_jpeg_bytes
+
+
+def failing_on_one_file(read):
+    def reading(path, *args):
+        if "dog/3." in path:
+            raise KeyError("a decoder's bug")
+        return read(path, *args)
+    return reading
+
+
+def collate_with_a_bug(self, batch):
+    raise IndexError("a bug in collate")
+
+
+failure = sys.argv.pop(1)
+if failure == "file":
+    imagefiles.read_image = failing_on_one_file(read_image)
+    imagefiles.read_jpeg_bytes = failing_on_one_file(read_jpeg_bytes)
+else:
+    imagefiles.ImageFiles.collate = collate_with_a_bug
+common.cli(simclr.main, simclr.Args)
+"""
+
+
+def _planted(tmp_path, failure, size, *flags):
+    """Run PLANTED with `failure` on an image folder of `size`: (CompletedProcess, seconds). A process that does not
+    end raises subprocess.TimeoutExpired."""
+    _folder(tmp_path / "data", size)
+    (tmp_path / "planted.py").write_text(PLANTED.format(root=str(ROOT), methods=str(ROOT / "methods")))
+    cmd = [sys.executable, str(tmp_path / "planted.py"), failure, *TINY, "--dataset", "imagefolder", "--data-dir",
+           tmp_path / "data", "--batch-size", 12, "--epochs", 1, "--proj-hidden-dim", 32, "--workers", 1, *flags]
+    t0 = time.monotonic()
+    res = subprocess.run(list(map(str, cmd)), cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return res, time.monotonic() - t0
+
+
+@pytest.mark.parametrize("size,decode", [(32, "cpu"), ((375, 500), "cpu"), ((375, 500), "gpu")],
+                         ids=["small", "large", "large-bytes"])
+def test_a_file_that_makes_a_worker_raise_ends_the_run_at_once_in_one_line(tmp_path, size, decode):
+    """A worker's unforeseen exception while reading a file (not a corrupt file's OSError, which replaces or refuses
+    it): one line naming the file and the exception, exit 2, at once. It used to be the worker's traceback, and with
+    small images (decoded once, by workers that are not persistent) a wait at exit for a worker that ignores SIGTERM,
+    until the cluster's time limit (16-bit PNGs, issue 30)."""
+    res, seconds = _planted(tmp_path, "file", size, "--decode", decode)
+    one_error_line(res.returncode, res.stderr, "dog/3.jpg", "KeyError", "a decoder's bug")
+    assert seconds < 60 and no_run_dir(tmp_path) == (size == 32), seconds
+
+
+def test_a_bug_in_the_workers_ends_the_run_at_once_with_its_traceback(tmp_path):
+    """A programming error in the workers' code keeps its traceback (the one failure without one line: the traceback
+    is for whoever fixes the code), and the process still ends at once with exit 1 (it used to wait at exit for the
+    small-image workers, which ignore SIGTERM)."""
+    res, seconds = _planted(tmp_path, "collate", 32)
+    assert res.returncode == 1 and "Traceback" in res.stderr and seconds < 60, (res.returncode, seconds, res.stderr)
+    assert res.stderr.strip().splitlines()[-1] == "IndexError: a bug in collate", res.stderr[-2000:]
 
 
 def test_a_patch_size_that_does_not_divide_the_images_is_one_line(cli, tmp_path):
