@@ -74,16 +74,16 @@ cifar10_download() {  # into $DATA, as the runs would; the exit status says whet
 
 QUICK_FINETUNE=2  # --quick: MAE's fine-tuning epochs (the paper evaluates MAE by fine-tuning), also for random init
 quick_recipe() {  # --quick only: the flags that make a few CPU minutes teach; the rest is the method's own recipe.
-  case "$1" in    # Where each comes from is in the README (run_all.sh, --quick); a search at this budget decides.
+  case "$1" in    # Where each comes from is in docs/searches.md; a search at this budget decides.
     # DeepCluster v2's first epoch only fills its memory (no update): that epoch, then the same 300 training steps ($2:
     # steps per epoch of the dataset)
     deepcluster_v2) echo "--epochs $(((300 + $2 - 1) / $2 + 1)) --max-steps $(($2 + 300))" ;;
-    # DINO (ResNet): its teacher (EMA 0.9995) barely moves in 300 steps; AdamW as above, last layer free (README)
+    # DINO (ResNet): its teacher (EMA 0.9995) barely moves in 300 steps; AdamW as above, last layer free (docs/searches.md)
     dino) echo "--optimizer adamw --lr 2e-3 --weight-decay 1e-6 --freeze-last-layer-epochs 0 --tau-base 0.99" ;;
     simclr) echo "--optimizer adamw --lr 2e-3 --weight-decay 1e-6 --proj-bn" ;;  # the ten-minute CPU recipe
-    barlow_twins|byol|simsiam|sdmi|moco_v2) echo "--optimizer adamw --lr 2e-3 --weight-decay 1e-6" ;;  # README
+    barlow_twins|byol|simsiam|sdmi|moco_v2) echo "--optimizer adamw --lr 2e-3 --weight-decay 1e-6" ;;  # docs/searches.md
     swav) echo "--optimizer adamw --lr 1e-3 --weight-decay 1e-6 --freeze-prototypes-epochs 0" ;;  # prototypes free
-    # The ViTs (vit_mini, README's searches): 2 local crops, smaller heads, last layer free, teacher momentum held at
+    # The ViTs (vit_mini, docs/searches.md): 2 local crops, smaller heads, last layer free, teacher momentum held at
     # 0.99; DINO (ViT) and iBOT the same 38,400 images in 1200 steps of 32, a tenth of an epoch of warmup, lr 1e-3
     # (1.25e-4 after scaling), 256 prototypes, teacher temperature 0.02; iBOT masks from half an epoch on (step 782 of
     # 1,562; the official --pred_start_epoch: DINO's loss alone before); MAE half the patches masked, lr 3e-3, a tenth
@@ -255,7 +255,7 @@ def gain(d, m, rs):  # over the same network at random init (kNN; MAE: fine-tuni
         return "–"
     return f"{mean(rs, key) - mean(base, key):+.2f}" + (" (fine-tune)" if key == "finetune_top1" else "")
 lines = [f"Runs: runs/*__{tag}_*; kNN: cosine k=200 T=0.1 on backbone features; linear: offline probe on frozen features "
-         "(see README, Evaluation); gain: kNN top-1 minus that of the same network at random init (MAE: fine-tune top-1 "
+         "(see docs/methods.md, Evaluation protocols); gain: kNN top-1 minus that of the same network at random init (MAE: fine-tune top-1 "
          "minus the random init's after the same fine-tuning); imagefolder: an image folder (--data-dir). H(R) = effective "
          "rank of the backbone features (a count of dimensions, the AdaDim paper's notation, not an entropy in nats), "
          "I(R;Z) = matrix Renyi-2 MI (nats) on the held-out batch, so I(R;Z)/H(R) is nats per effective dimension. "

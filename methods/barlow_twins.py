@@ -29,7 +29,8 @@ Implementation details (defaults = solo-learn's tuned CIFAR recipe, scripts/pret
    logs the paper's L, unscaled; `losses/invariance` = sum_i (1 - C_ii)^2, `losses/redundancy` = sum_{i!=j} C_ij^2.
 6. Several processes: the embeddings are gathered with gradients, so the standardization and C are over the
    global batch (the official code all-reduces C); --sync-bn on by default (solo-learn, and the official code).
-7. Evaluation: see README (online probe, kNN, offline linear probe); R = backbone output, Z = projector output.
+7. Evaluation: docs/methods.md, "Evaluation protocols" (online probe, kNN, linear probe); R = backbone
+   output, Z = projector output.
 """
 import sys
 from dataclasses import dataclass

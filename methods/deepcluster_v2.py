@@ -37,7 +37,8 @@ Implementation details (defaults = solo-learn's tuned CIFAR recipe, scripts/pret
    centroids are broadcast to the others after each clustering. --sync-bn on by default (solo-learn). A run resumed
    in the middle of an epoch keeps that epoch's checkpointed clustering (run.resumed_mid_epoch) instead of
    clustering again.
-9. Evaluation: see README (online probe, kNN, offline linear probe); R = backbone output, Z = projector output.
+9. Evaluation: docs/methods.md, "Evaluation protocols" (online probe, kNN, linear probe); R = backbone
+   output, Z = projector output.
 """
 import sys
 from dataclasses import dataclass

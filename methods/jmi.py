@@ -30,10 +30,11 @@ Implementation details (optimizer = solo-learn's tuned SimCLR recipe for CIFAR, 
 6. `--marginal dv` (default, the paper's exact bound): log-mean-exp over the N(N-1) off-diagonal pairs.
    `--marginal taylor`: log E[exp T] ~ E[T] + Var[T] / 2 (second-order cumulant expansion, which drops the third
    and higher cumulants), with the plug-in (1/M) variance over the M = N(N-1) off-diagonal scores. Our short CPU
-   comparison of the two is in the README's results section.
+   comparison of the two is in docs/results.md.
 7. Several processes: z1, z2 are gathered with gradients, so the marginal term is over the global batch's N(N-1)
    pairs; --sync-bn on by default (as solo-learn's recipes; BN in the projector).
-8. Evaluation: see README (online probe, kNN, offline linear probe); R = backbone output, Z = projector output.
+8. Evaluation: docs/methods.md, "Evaluation protocols" (online probe, kNN, linear probe); R = backbone
+   output, Z = projector output.
 9. Logged: losses/joint = -mean_i S_ii (minus the joint term), losses/marginal = +marginal term (log-mean-exp or
    its Taylor surrogate), losses/total = their sum = -objective.
 """

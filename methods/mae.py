@@ -35,7 +35,7 @@ Implementation details (defaults = the paper and its official code, facebookrese
    mean over the masked patches of the per-patch MSE; visible patches do not count.
 7. AdamW betas (0.9, 0.95), lr 1.5e-4 x batch/256, wd 0.05 (biases and norms excluded; CLS and mask tokens decayed, as
    the official timm add_weight_decay), 40 warmup epochs then cosine, 800 epochs (paper, batch 4096; here batch 256;
-   solo-learn CIFAR: lr 2e-4, 1000 epochs; a short CPU run learns little at that lr: README "Our numbers" uses 1.5e-3
+   solo-learn CIFAR: lr 2e-4, 1000 epochs; a short CPU run learns little at that lr: docs/results.md uses 1.5e-3
    for 20 epochs). The warmup starts at 7.5e-5 x lr, not 0 (common.warmup_cosine). --precision
    auto: bf16 autocast on GPUs with native bf16, else fp16 with loss scaling (paper fp16 AMP). No gradient clipping
    (paper none either).
@@ -44,14 +44,14 @@ Implementation details (defaults = the paper and its official code, facebookrese
 9. Evaluation: R = encoder CLS on the full un-masked image (backbone(x)); Z = decoder.embed(R), the decoder's input
    embedding of that CLS token. The online probe trains on R of the full augmented image (a no-grad forward of all
    tokens; --probe-visible: the CLS of the visible-token pass instead, free but of another input than evaluation).
-   MAE's features are weak under kNN / linear probes (see README), so end-to-end fine-tuning is on by default:
+   MAE's features are weak under kNN / linear probes (docs/results.md), so end-to-end fine-tuning is on by default:
    --finetune-epochs 10 with common.finetune's short protocol (the paper: 100 epochs, layer decay 0.75, mixup, cutmix,
    RandAugment, drop path 0.1, none of which is done here).
 10. Tensorboard images/reconstruction at every evaluation (--eval-every) and at the end: for a few test images, the
    image, the masked input (masked patches gray) and the reconstruction (visible patches from the image, masked ones
    predicted, un-normalized with the true patch's mean and variance), side by side; the same fixed masks each time.
 11. Fine-tuning's head reads the mean of the patch tokens (--finetune-pool mean, as the official global_pool; on the
-   CIFAR-10 copy it gained more over random init than the CLS token did: README "run_all.sh --quick"), taken after
+   CIFAR-10 copy it gained more over random init than the CLS token did: docs/searches.md), taken after
    the encoder's LayerNorm (official: the mean, then a fresh LayerNorm, fc_norm). Still differs from the official
    main_finetune.py, besides item 9's list: the head is a default-initialized Linear (official: trunc_normal std 2e-5);
    plain cross-entropy (official: label smoothing 0.1); the class token and position embedding are trained with

@@ -28,7 +28,7 @@ Implementation details (defaults = the paper's example command where it gives a 
 3. `--marginal dv` (default): the full cos-DV bound, marginal term = log of the mean of exp(S_ij) over the
    N(N-1) off-diagonal pairs of the batch, as the paper's objective. `--marginal predictor`: joint term only.
    `--no-predictor`: h = identity (ablation; with `--marginal predictor` too, nothing stands in for the marginal
-   term). Our short CPU comparison of the three is in the README's results section.
+   term). Our short CPU comparison of the three is in docs/results.md.
 4. From the paper's command: temperature 0.1, batch 64, lr 0.05 at batch 64 (`--lr 0.2` here: the base lr is
    given at batch 256 and scaled by batch/256), weight decay 1e-4, 10 warmup epochs, 800 epochs, projection 256
    with 3 layers ((Linear-BN-ReLU) x 2 + Linear, no final BN). Guessed: its `--feature_dim 512` read as the

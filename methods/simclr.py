@@ -12,16 +12,17 @@ MI reading (Sabby et al. 2025): JMI paradigm, one shared encoder; in-batch negat
 
 Implementation details (defaults = solo-learn's tuned CIFAR recipe, scripts/pretrain/cifar/simclr.yaml):
 1. Symmetric augmentation: crop scale 0.08-1, jitter (0.8, 0.8, 0.8, 0.2) p 0.8, grayscale 0.2, blur p 0.5 (kernel 10%
-   of the side: 3 taps at 32 px, weaker than solo-learn's PIL blur; README, "Gaussian blur on small images").
+   of the side: 3 taps at 32 px, weaker than solo-learn's PIL blur; docs/methods.md, "Gaussian blur on small images").
 2. Projector Linear(2048)-ReLU-Linear(256) without BatchNorm, as solo-learn; `--proj-bn`: Linear-BN-ReLU-Linear, the
-   paper's (it learns faster in short runs: the README's 10-minute CPU recipe uses it).
+   paper's (it learns faster in short runs: the ten-minute CPU recipe of docs/searches.md uses it).
 3. LARS (eta 0.02, clipped, biases/norms excluded), lr 0.4 x batch/256, wd 1e-4, 10 warmup epochs, cosine.
 4. Temperature 0.2, solo-learn's CIFAR value (the official code: 0.1 for ImageNet at batch 4096; its CIFAR-10 command
    uses 0.5 at batch 512, with blur off and colour jitter strength 0.5).
 5. Several processes: the embeddings are gathered with gradients, so NT-Xent sees the 2N views of the global batch
    (the paper's "global BN" and all-device negatives); --sync-bn on by default (solo-learn, and the paper's global BN:
    per-process BatchNorm statistics would let the views of a small local batch find each other through them).
-6. Evaluation: see README (online probe, kNN, offline linear probe); R = backbone output, Z = projector output.
+6. Evaluation: docs/methods.md, "Evaluation protocols" (online probe, kNN, linear probe); R = backbone
+   output, Z = projector output.
 """
 import sys
 from dataclasses import dataclass

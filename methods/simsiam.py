@@ -30,7 +30,8 @@ Implementation details (defaults = solo-learn's tuned CIFAR recipe, scripts/pret
 7. Several processes: no gather. The loss is a mean of per-image terms, so each process's mean over its share,
    averaged by common.average_gradients, is the global mean; images meet only in BatchNorm, hence --sync-bn on by
    default (solo-learn; the paper syncs BN on 8 GPUs).
-8. Evaluation: see README (online probe, kNN, offline linear probe); R = backbone output, Z = projector output.
+8. Evaluation: docs/methods.md, "Evaluation protocols" (online probe, kNN, linear probe); R = backbone
+   output, Z = projector output.
 """
 import sys
 from dataclasses import dataclass

@@ -32,7 +32,8 @@ Implementation details (defaults = solo-learn's tuned CIFAR recipe, scripts/pret
 8. Several processes: the embeddings are gathered with gradients, so Sinkhorn equipartitions the codes over the
    global batch (the official code all-reduces its sums and uses the global batch size) and the queue holds the
    global batch's embeddings on every process; --sync-bn on by default (solo-learn, and the paper).
-9. Evaluation: see README (online probe, kNN, offline linear probe); R = backbone output, Z = projector output.
+9. Evaluation: docs/methods.md, "Evaluation protocols" (online probe, kNN, linear probe); R = backbone
+   output, Z = projector output.
 """
 import math
 import sys

@@ -28,7 +28,8 @@ Implementation details (defaults = solo-learn's tuned CIFAR recipe, scripts/pret
 6. Several processes: the embeddings are gathered with gradients and the loss is computed on the global batch,
    so the variance and covariance are those of the global batch (the official code's FullGatherLayer); the
    invariance, a per-image mean, is the same on the gathered batch. --sync-bn on by default (solo-learn).
-7. Evaluation: see README (online probe, kNN, offline linear probe); R = backbone output, Z = projector output.
+7. Evaluation: docs/methods.md, "Evaluation protocols" (online probe, kNN, linear probe); R = backbone
+   output, Z = projector output.
 """
 import sys
 from dataclasses import dataclass

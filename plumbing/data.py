@@ -268,7 +268,8 @@ def _image_folder(name: str, root: Path, workers: int, decode: Decoder):
 
 
 def load_data(name: str, data_dir: str, seed: int, device, workers: int = 0, decode: Decoder = "cpu") -> Data:
-    """Load a dataset (layouts in the README); missing or unusable data: UserError naming what, where, what to do."""
+    """Load a dataset (layouts: the README's Datasets section); missing or unusable data: UserError naming what,
+    where, what to do."""
     root = Path(data_dir).expanduser()
     if not workers:  # this node's cores shared by its processes
         workers = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
