@@ -275,3 +275,32 @@ def test_grid_on_slurm_survives_a_requeue_and_a_time_limit_and_resubmits_as_a_no
         assert (runs / "logs" / f"{name}.log").read_text() == logs[name]
     assert {n: (runs / n / "results.json").stat().st_mtime_ns for n in names} == finished
     assert json.loads((runs / names[0] / "results.json").read_text())["steps"] == 80
+
+
+@pytest.mark.full
+def test_nproc_2_on_slurm_and_here_under_torchrun(slurm, tmp_path):
+    """--nproc 2: each run under torchrun with two (gloo, CPU) processes, on SLURM (a task of 2 CPUs, requeued by hand
+    while it trains) and on this machine; both finish once, with 2 processes, and end with the same weights."""
+    env = dict(slurm.env, PYTHON=sys.executable, OMP_NUM_THREADS="1", DATA=str(tmp_path / "data"))
+    grid = ("--methods", "simclr", "--datasets", "synthetic", "--seeds", "0", "--nproc", "2")
+    for d in ("grid", "here"):
+        (tmp_path / d).mkdir()
+    res = run_all(*grid, "--slurm", "--sbatch", "--cpus-per-task 2", *FLAGS, cwd=tmp_path / "grid", env=env)
+    assert res.returncode == 0, res.stderr
+    job = re.search(r"submitted SLURM array job (\d+)", res.stdout).group(1)
+    here = subprocess.Popen(["bash", str(ROOT / "run_all.sh"), *grid, *FLAGS], cwd=tmp_path / "here", env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    name = "synthetic__runall_full_simclr__0"
+    interrupt = Interrupt(slurm, job, tmp_path / "grid" / "runs")
+    interrupt.pending = {0: name}
+    wait_for_the_job(slurm, job, interrupt)
+    assert here.wait(timeout=400) == 0, here.stdout.read()[-3000:]
+    runs = tmp_path / "grid" / "runs"
+    log = (runs / "logs" / f"{name}.log").read_text()
+    out = (runs / "logs" / f"slurm_runall_full_{job}_0.out").read_text()
+    assert "run_all: task 0 ends with exit status 0" in out and log.count("backbone: ") == 1, out[-3000:]
+    assert json.loads((runs / name / "results.json").read_text())["processes"] == 2
+    assert json.loads((tmp_path / "here" / "runs" / name / "results.json").read_text())["processes"] == 2
+    mine = torch.load(runs / name / "backbone.pt", weights_only=True)
+    theirs = torch.load(tmp_path / "here" / "runs" / name / "backbone.pt", weights_only=True)
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
