@@ -172,7 +172,8 @@ def test_jobs_2_gives_the_sequential_table_and_resumes_an_interrupted_grid(tmp_p
     time.sleep(1)
     jobs.send_signal(signal.SIGTERM)
     assert jobs.wait(timeout=300) == 143, (tmp_path / "jobs" / "err.txt").read_text()
-    assert "run_all: stopped by SIGTERM; the same command resumes the grid" in (tmp_path / "jobs" / "err.txt").read_text()
+    stopped = (tmp_path / "jobs" / "err.txt").read_text()
+    assert "run_all: stopped by SIGTERM; the same command resumes the grid" in stopped, stopped
     aside = list(runs.glob(f"{names[1]}.aside-*"))
     assert len(aside) == 1 and (aside[0] / "notes.txt").read_text() == "mine"
     assert f"moved to {aside[0].relative_to(tmp_path / 'jobs')}" in (tmp_path / "jobs" / "out.txt").read_text()
@@ -206,7 +207,14 @@ LIGHTLY = ["simclr", "byol", "dino", "moco_v2", "nnclr", "simsiam", "swav", "bar
 def test_lightly_dry_run_gives_the_eight_resnet_methods_lightlys_budget(tmp_path):
     """--lightly: each command parses with its method's own flags (tyro) to ResNet-18, batch 512, 200 epochs, kNN every
     10 epochs; MoCo v2 alone with an 8,192-key queue."""
-    import barlow_twins, byol, dino, moco_v2, nnclr, simclr, simsiam, swav  # noqa: E401
+    import barlow_twins
+    import byol
+    import dino
+    import moco_v2
+    import nnclr
+    import simclr
+    import simsiam
+    import swav
     modules = dict(simclr=simclr, byol=byol, dino=dino, moco_v2=moco_v2, nnclr=nnclr, simsiam=simsiam, swav=swav,
                    barlow_twins=barlow_twins)
     res = bash("--lightly", "--dry-run", cwd=tmp_path)
@@ -245,21 +253,25 @@ def fake_lightly_run(runs, method, knn, final, processes=1, log=""):
 
 
 def test_lightly_table_puts_the_final_and_best_knn_beside_lightlys(tmp_path):
+    """The best kNN is the highest eval/knn_top1 (the first of equal ones, its epoch); the device is the log's (CPU if
+    the run says so); a resumed run's minutes are marked; a method lightly does not benchmark gets dashes."""
     runs = tmp_path / "runs"
     on = "run_all: 2026-12-07 10:00:00 on gpu7; device: {} (CUDA_VISIBLE_DEVICES=0)\n[{}] cifar10: ... resnet18 on {} ("
-    fake_lightly_run(runs, "simclr", [70.0, 82.5, 82.5, 81.0], 81.0, log=on.format("NVIDIA RTX A6000", "simclr", "cuda"))
+    fake_lightly_run(runs, "simclr", [70.0, 82.5, 82.5, 81.0], 81.0,
+                     log=on.format("NVIDIA RTX A6000", "simclr", "cuda"))
     fake_lightly_run(runs, "moco_v2", [60.0, 85.0], 84.9, processes=2,
                      log=on.format("2 x NVIDIA H100 80GB HBM3", "moco_v2", "cuda:0") + "\nresumed from x/last.pt\n")
     fake_lightly_run(runs, "byol", [50.0], 50.0, log=on.format("NVIDIA H100", "byol", "cpu"))
     fake_lightly_run(runs, "vicreg", [40.0], 40.0)  # not lightly's, no log
     res = bash("--table", "--lightly", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in (runs / "run_all_lightly.md").read_text().splitlines()
-            if ln.startswith("| cifar10 |")]
+    table = (runs / "run_all_lightly.md").read_text()
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in table.splitlines() if ln.startswith("| cifar10 |")]
     recipe = "lars, lr 0.4, weight decay 0.0001, warmup 10.0 epochs"
     # dataset, method, seed, epochs, final, best (epoch), lightly, best - lightly, minutes, lightly's, device, recipe
     assert rows == [
-        ["cifar10", "SimCLR", "0", "40", "81.00", "82.50 (20)", "84.8", "-2.30", "90", "87", "NVIDIA RTX A6000", recipe],
+        ["cifar10", "SimCLR", "0", "40", "81.00", "82.50 (20)", "84.8", "-2.30", "90", "87", "NVIDIA RTX A6000",
+         recipe],
         ["cifar10", "BYOL", "0", "10", "50.00", "50.00 (10)", "86.8", "-36.80", "90", "108", "CPU", recipe],
         ["cifar10", "MoCo v2 (queue 8,192)", "0", "20", "84.90", "85.00 (20)", "84.7", "+0.30", "90 (last part)", "112",
          "2 x NVIDIA H100 80GB HBM3", recipe],
