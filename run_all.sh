@@ -368,7 +368,7 @@ stop_runs() {  # SIGINT / SIGTERM to run_all.sh: every running run gets one SIGT
 }
 run_local() {  # the cells, --jobs at a time; with several GPUs, slot k's runs get GPU k (--nproc N: N of them) in turn
   local n=${#CELL_DIRS[@]} next=0 slot rc i k gpus=() cell_of=() began=() cmd visible
-  mapfile -t gpus < <(gpu_list)
+  read -r -a gpus <<< "$(gpu_list | tr '\n' ' ')"
   if [ "$JOBS" -gt 1 ] && [ ${#gpus[@]} = 0 ] && [ -z "${OMP_NUM_THREADS:-}" ]; then  # CPU: the cores shared out
     export OMP_NUM_THREADS=$(( $(cores) / (JOBS * NPROC) > 1 ? $(cores) / (JOBS * NPROC) : 1 ))
   fi
@@ -409,7 +409,7 @@ run_local() {  # the cells, --jobs at a time; with several GPUs, slot k's runs g
       next=$((next + 1))
     done
     [ ${#RUNNING[@]} -gt 0 ] || break
-    wait -n 2>/dev/null || true
+    wait -n 2>/dev/null || sleep 0.5  # until a run ends (bash before 4.3 has no wait -n: it polls)
   done
   set +m
   trap - INT TERM
@@ -511,9 +511,9 @@ if [ $TABLE_ONLY = 0 ]; then
     for i in "${!CELL_DIRS[@]}"; do
       eval "cmd=(${CELL_ARGS[$i]})"
       case $(cell_state "${CELL_DIRS[$i]}") in
-        finished) echo "finished, skipped: ${CELL_DIRS[$i]}" ;;
+        finished) echo "# ${CELL_DIRS[$i]} is finished (results.json): skipped" ;;
         resume) echo "${LAUNCH[*]} ${cmd[*]} --resume ${CELL_DIRS[$i]}/last.pt" ;;
-        aside) echo "${LAUNCH[*]} ${cmd[*]} --run-dir ${CELL_DIRS[$i]} (moved aside first: no last.pt)" ;;
+        aside) echo "${LAUNCH[*]} ${cmd[*]} --run-dir ${CELL_DIRS[$i]}  # moved aside first: no last.pt, no results.json" ;;
         new) echo "${LAUNCH[*]} ${cmd[*]} --run-dir ${CELL_DIRS[$i]}" ;;
       esac
     done

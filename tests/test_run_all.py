@@ -178,6 +178,8 @@ def test_jobs_2_gives_the_sequential_table_and_resumes_an_interrupted_grid(tmp_p
     assert len(aside) == 1 and (aside[0] / "notes.txt").read_text() == "mine"
     assert f"moved to {aside[0].relative_to(tmp_path / 'jobs')}" in (tmp_path / "jobs" / "out.txt").read_text()
     assert all((runs / n / "last.pt").exists() and not (runs / n / "results.json").exists() for n in names)
+    plan = bash("--dry-run", *grid, cwd=tmp_path / "jobs").stdout.splitlines()  # what a run would do now
+    assert [ln.split(" --max-steps 60 ")[1] for ln in plan] == [f"--resume runs/{n}/last.pt" for n in names], plan
     jobs = start("--jobs", "2", *grid, cwd=tmp_path / "jobs", env={"CUDA_VISIBLE_DEVICES": "3,5"})
     assert jobs.wait(timeout=300) == 0, (tmp_path / "jobs" / "err.txt").read_text()[-2000:]
     assert sequential.wait(timeout=300) == 0, (tmp_path / "one_by_one" / "err.txt").read_text()[-2000:]
@@ -193,6 +195,8 @@ def test_jobs_2_gives_the_sequential_table_and_resumes_an_interrupted_grid(tmp_p
         theirs = torch.load(tmp_path / "one_by_one" / "runs" / n / "backbone.pt", weights_only=True)
         assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine), n
     finished = [(runs / n / "results.json").stat().st_mtime_ns for n in names]
+    plan = bash("--dry-run", *grid, cwd=tmp_path / "jobs").stdout.splitlines()
+    assert plan == [f"# runs/{n} is finished (results.json): skipped" for n in names]
     again = start("--jobs", "2", *grid, cwd=tmp_path / "jobs")
     assert again.wait(timeout=300) == 0
     out = (tmp_path / "jobs" / "out.txt").read_text()
