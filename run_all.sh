@@ -64,7 +64,7 @@ describe_device() {  # the GPUs this process may use (their names, from nvidia-s
   fi
   if [ -n "$names" ]; then  # "NVIDIA H100 80GB HBM3", "2 x NVIDIA H100 80GB HBM3"
     printf '%s\n' "$names" | sort | uniq -c | awk '{ n = $1; sub(/^ *[0-9]+ /, "") }
-      { printf "%s%s%s", NR > 1 ? ", " : "", n > 1 ? n " x " : "", $0 } END { print "" }' | tr -d '\n'
+      { printf "%s%s%s", (NR > 1 ? ", " : ""), (n > 1 ? n " x " : ""), $0 }' | tr -d '\n'
     echo "${visible:+ (CUDA_VISIBLE_DEVICES=$visible)}"
   elif [ -n "$visible" ]; then
     echo "CUDA_VISIBLE_DEVICES=$visible"

@@ -58,6 +58,50 @@ def test_slurm_dry_run_prints_the_sbatch_script(tmp_path):
         assert res.returncode == 2 and res.stderr.startswith("error:"), (bad, res.stderr)
 
 
+def test_cell_resumes_skips_moves_aside_locks_and_logs_the_device(tmp_path):
+    """run_all.sh --cell DIR SHOW COMMAND (what each task runs) on each state of a run directory, with a stand-in
+    nvidia-smi: the log names the GPUs of CUDA_VISIBLE_DEVICES."""
+    import fcntl
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "nvidia-smi").write_text(
+        '#!/bin/sh\ncase "$*" in *"-i 0,1"*) printf "NVIDIA H100 80GB HBM3\\nNVIDIA H100 80GB HBM3\\n" ;;\n'
+        '*) printf "NVIDIA H100 80GB HBM3\\nNVIDIA H100 80GB HBM3\\nNVIDIA A100-SXM4-40GB\\n" ;; esac\n')
+    (tmp_path / "bin" / "nvidia-smi").chmod(0o755)
+    env = dict(os.environ, PATH=f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}", CUDA_VISIBLE_DEVICES="0,1")
+    runs = tmp_path / "runs"
+    for name, files in (("resume", ["last.pt"]), ("done", ["last.pt", "results.json"]), ("stray", ["notes.txt"]),
+                        ("empty", []), ("locked", [])):
+        (runs / name).mkdir(parents=True)
+        for f in files:
+            (runs / name / f).write_text(f)
+            time.sleep(0.01)  # results.json newer than last.pt
+    (runs / "logs").mkdir()
+
+    def cell(name, **extra):
+        res = run_all("--cell", f"runs/{name}", "0", "echo", "ran", cwd=tmp_path, env=dict(env, **extra))
+        log = runs / "logs" / f"{name}.log"
+        return res, log.read_text() if log.exists() else ""
+
+    res, log = cell("new")
+    assert res.returncode == 0 and "device: 2 x NVIDIA H100 80GB HBM3 (CUDA_VISIBLE_DEVICES=0,1)\n" in log, log
+    assert log.endswith("run_all: echo ran --run-dir runs/new\nran --run-dir runs/new\n"), log
+    res, log = cell("resume", CUDA_VISIBLE_DEVICES="")
+    assert "device: NVIDIA A100-SXM4-40GB, 2 x NVIDIA H100 80GB HBM3\n" in log, log
+    assert log.endswith("ran --resume runs/resume/last.pt\n") and "runs/resume resumes from its last.pt" in res.stdout
+    res, log = cell("done")
+    assert res.returncode == 0 and log == "" and res.stdout == "run_all: runs/done is finished (results.json): skipped\n"
+    res, log = cell("stray")
+    aside = list(runs.glob("stray.aside-*"))
+    assert len(aside) == 1 and (aside[0] / "notes.txt").read_text() == "notes.txt" and not (runs / "stray").exists()
+    assert f"moved to runs/{aside[0].name}" in res.stdout and log.endswith("ran --run-dir runs/stray\n")
+    res, log = cell("empty")  # an empty directory is removed, not kept
+    assert not list(runs.glob("empty.aside-*")) and log.endswith("ran --run-dir runs/empty\n")
+    with open(runs / "logs" / "locked.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        res, log = cell("locked")
+    assert res.returncode == 0 and log == "" and "runs/locked is being run by another process" in res.stdout
+
+
 class Slurm:
     """A one-node SLURM in a temporary directory: its daemons, and the environment its commands need."""
 
