@@ -36,11 +36,12 @@ def test_slurm_dry_run_prints_the_sbatch_script(tmp_path):
     res = run_all("--slurm", "--dry-run", *GRID, "--nproc", "2", *FLAGS, cwd=tmp_path, env=env)
     assert res.returncode == 0, res.stderr
     script = res.stdout
-    for line in ("#SBATCH --array=0-3", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@300", "#SBATCH --open-mode=append",
-                 f"#SBATCH --chdir={tmp_path}", "trap 'usr1=1;", 'scontrol requeue "${SLURM_ARRAY_JOB_ID}_'):
+    for line in ("#SBATCH --array=0-3", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@300",
+                 "#SBATCH --open-mode=append", f"#SBATCH --chdir={tmp_path}", "trap 'usr1=1;",
+                 'scontrol requeue "${SLURM_ARRAY_JOB_ID}_'):
         assert line in script, line
-    tasks = re.findall(r"^  (\d+)\) dir=(\S+); task=\(bash \S+/run_all.sh --cell \"\$dir\" 1 \"\$\{launch\[@\]\}\" (.*)\) ;;$",
-                       script, re.M)
+    cell = r"task=\(bash \S+/run_all.sh --cell \"\$dir\" 1 \"\$\{launch\[@\]\}\" (.*)\) ;;"
+    tasks = re.findall(r"^  (\d+)\) dir=(\S+); " + cell + "$", script, re.M)
     assert [(t, d) for t, d, _ in tasks] == [("0", "runs/synthetic__runall_full_simclr__0"),
                                              ("1", "runs/synthetic__runall_full_simclr__1"),
                                              ("2", "runs/synthetic__runall_full_byol__0"),
@@ -89,7 +90,8 @@ def test_cell_resumes_skips_moves_aside_locks_and_logs_the_device(tmp_path):
     assert "device: NVIDIA A100-SXM4-40GB, 2 x NVIDIA H100 80GB HBM3\n" in log, log
     assert log.endswith("ran --resume runs/resume/last.pt\n") and "runs/resume resumes from its last.pt" in res.stdout
     res, log = cell("done")
-    assert res.returncode == 0 and log == "" and res.stdout == "run_all: runs/done is finished (results.json): skipped\n"
+    assert res.returncode == 0 and log == ""
+    assert res.stdout == "run_all: runs/done is finished (results.json): skipped\n"
     res, log = cell("stray")
     aside = list(runs.glob("stray.aside-*"))
     assert len(aside) == 1 and (aside[0] / "notes.txt").read_text() == "notes.txt" and not (runs / "stray").exists()
@@ -280,8 +282,8 @@ def test_grid_on_slurm_survives_a_requeue_and_a_time_limit_and_resubmits_as_a_no
     assert res.returncode == 0, res.stderr
     job = re.search(r"submitted SLURM array job (\d+): 4 runs", res.stdout).group(1)
     assert f"squeue -j {job}" in res.stdout and f"runs/logs/slurm_runall_full_{job}_" in res.stdout
-    twins = [subprocess.Popen(["bash", str(ROOT / "run_all.sh"), "--methods", m, "--datasets", "synthetic", "--seeds", s,
-                               *FLAGS], cwd=tmp_path / "twins", env=env, stdout=subprocess.PIPE,
+    twins = [subprocess.Popen(["bash", str(ROOT / "run_all.sh"), "--methods", m, "--datasets", "synthetic",
+                               "--seeds", s, *FLAGS], cwd=tmp_path / "twins", env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for m, s in (("simclr", "0"), ("byol", "1"))]
     runs = tmp_path / "grid" / "runs"
     wait_for_the_job(slurm, job, Interrupt(slurm, job, runs))
@@ -306,7 +308,8 @@ def test_grid_on_slurm_survives_a_requeue_and_a_time_limit_and_resubmits_as_a_no
     assert not list(runs.glob("*.aside-*"))
     res = run_all("--table", cwd=tmp_path / "grid", env=env)
     assert res.returncode == 0, res.stderr[-2000:]
-    rows = [ln.split("|")[1:4] for ln in (runs / "run_all_full.md").read_text().splitlines() if ln.startswith("| synth")]
+    table = (runs / "run_all_full.md").read_text()
+    rows = [ln.split("|")[1:4] for ln in table.splitlines() if ln.startswith("| synthetic |")]
     assert sorted((m.strip(), n.strip()) for _, m, n in rows) == [("byol", "2"), ("simclr", "2")]
     finished = {n: (runs / n / "results.json").stat().st_mtime_ns for n in names}
     res = run_all(*GRID, "--slurm", "--sbatch", "--cpus-per-task 1", *FLAGS, cwd=tmp_path / "grid", env=env)
