@@ -1,10 +1,13 @@
 """run_all.sh (dry run and table) and benchmark.py, run as a user would."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import torch
+import tyro
 
 from conftest import ROOT
 
@@ -52,7 +55,8 @@ def test_quick_deepcluster_gets_its_memory_epoch_before_the_same_300_steps(tmp_p
         res = bash("--quick", "--dry-run", "--methods", "deepcluster_v2", "--datasets", datasets, cwd=tmp_path,
                    env={"DATA": str(tmp_path / "empty")})
         assert res.returncode == 0, res.stderr
-        assert [ln for ln in res.stdout.splitlines() if "/methods/" in ln][0].endswith(flags), res.stdout
+        cmd = [ln for ln in res.stdout.splitlines() if "/methods/" in ln][0]
+        assert cmd.endswith(f"{flags} --run-dir runs/{datasets}__runall_quick_deepcluster_v2__0"), res.stdout
 
 
 def test_full_grid_dry_run_and_bad_arguments(tmp_path):
@@ -125,7 +129,7 @@ def test_quick_offline_falls_back_to_synthetic_with_random_init_gain_and_figures
     assert [ln for ln in res.stderr.splitlines() if "synthetic" in ln] == [
         f"run_all: CIFAR-10 is not in {tmp_path / 'data'}/ and cannot be downloaded (offline?): --quick uses --dataset "
         "synthetic"]
-    simclr = json.loads(next(runs.glob("synthetic__runall_quick_simclr__0__*/results.json")).read_text())
+    simclr = json.loads((runs / "synthetic__runall_quick_simclr__0" / "results.json").read_text())
     base = json.loads((runs / "synthetic__runall_quick_random_init__0__tiny" / "results.json").read_text())
     assert simclr["steps"] == 2 and base["steps"] == 0 and base["backbone"] == "tiny" and 0 < base["knn_top1"] < 100
     rows = {ln.split("|")[2].strip(): [c.strip() for c in ln.strip("|").split("|")]
@@ -136,6 +140,148 @@ def test_quick_offline_falls_back_to_synthetic_with_random_init_gain_and_figures
     for name in ("synthetic_mi", "synthetic_dims", "cifar10_mi", "cifar10_dims"):
         img = matplotlib.image.imread(runs / f"run_all_quick_{name}.png")[..., :3]
         assert img.shape[0] > 200 and (img < 0.5).any(axis=2).mean() > 0.005, name  # axes, curves, text drawn
+
+
+TINY = ("--backbone", "tiny", "--batch-size", "32", "--epochs", "1", "--warmup-epochs", "0", "--eval-every", "0",
+        "--mi-every", "0", "--save-every", "0", "--device", "cpu")
+
+
+def start(*args, cwd, env=None):
+    """run_all.sh in the background (its output in cwd/out.txt and cwd/err.txt)."""
+    cwd.mkdir(exist_ok=True)
+    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1", **(env or {}))
+    with open(cwd / "out.txt", "w") as out, open(cwd / "err.txt", "w") as err:
+        return subprocess.Popen(["bash", str(ROOT / "run_all.sh"), *args], cwd=cwd, env=env, stdout=out, stderr=err)
+
+
+def test_jobs_2_gives_the_sequential_table_and_resumes_an_interrupted_grid(tmp_path):
+    """--jobs 2, each run on its own GPU of CUDA_VISIBLE_DEVICES (here on the CPU): the second run's directory, left
+    without a checkpoint, is moved aside and the run starts afresh; SIGTERM while both train: each saves last.pt and
+    the grid stops (143). Run again, both resume: the table and each backbone.pt are those of the same grid run one
+    after another, never interrupted. Once more, both runs are skipped and nothing is written."""
+    grid = ("--methods", "simclr", "--datasets", "synthetic", "--seeds", "0 1", "--", *TINY, "--max-steps", "60")
+    names = [f"synthetic__runall_full_simclr__{s}" for s in range(2)]
+    sequential = start(*grid, cwd=tmp_path / "one_by_one")
+    runs = tmp_path / "jobs" / "runs"
+    (runs / names[1]).mkdir(parents=True)  # killed before its first checkpoint: neither last.pt nor results.json
+    (runs / names[1] / "notes.txt").write_text("mine")
+    jobs = start("--jobs", "2", *grid, cwd=tmp_path / "jobs", env={"CUDA_VISIBLE_DEVICES": "3,5"})
+    deadline = time.time() + 300
+    while not all(list((runs / n).glob("events.out.tfevents.*")) for n in names) and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)
+    jobs.send_signal(signal.SIGTERM)
+    assert jobs.wait(timeout=300) == 143, (tmp_path / "jobs" / "err.txt").read_text()
+    stopped = (tmp_path / "jobs" / "err.txt").read_text()
+    assert "run_all: stopped by SIGTERM; the same command resumes the grid" in stopped, stopped
+    aside = list(runs.glob(f"{names[1]}.aside-*"))
+    assert len(aside) == 1 and (aside[0] / "notes.txt").read_text() == "mine"
+    assert f"moved to {aside[0].relative_to(tmp_path / 'jobs')}" in (tmp_path / "jobs" / "out.txt").read_text()
+    assert all((runs / n / "last.pt").exists() and not (runs / n / "results.json").exists() for n in names)
+    plan = bash("--dry-run", *grid, cwd=tmp_path / "jobs").stdout.splitlines()  # what a run would do now
+    assert [ln.split(" --max-steps 60 ")[1] for ln in plan] == [f"--resume runs/{n}/last.pt" for n in names], plan
+    jobs = start("--jobs", "2", *grid, cwd=tmp_path / "jobs", env={"CUDA_VISIBLE_DEVICES": "3,5"})
+    assert jobs.wait(timeout=300) == 0, (tmp_path / "jobs" / "err.txt").read_text()[-2000:]
+    assert sequential.wait(timeout=300) == 0, (tmp_path / "one_by_one" / "err.txt").read_text()[-2000:]
+    logs = [(runs / "logs" / f"{n}.log").read_text() for n in names]
+    for n, log in zip(names, logs):
+        assert log.count("stopped by SIGTERM at step") == 1 and log.count(f"resumed from runs/{n}/last.pt") == 1, log
+        assert log.count("backbone: ") == 1, log
+    assert "device: CUDA_VISIBLE_DEVICES=3\n" in logs[0] and "device: CUDA_VISIBLE_DEVICES=5\n" in logs[1]
+    table = (tmp_path / "one_by_one" / "runs" / "run_all_full.md").read_text()
+    assert "| synthetic | simclr | 2 | 60 |" in table and (runs / "run_all_full.md").read_text() == table
+    for n in names:
+        mine = torch.load(runs / n / "backbone.pt", weights_only=True)
+        theirs = torch.load(tmp_path / "one_by_one" / "runs" / n / "backbone.pt", weights_only=True)
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine), n
+    finished = [(runs / n / "results.json").stat().st_mtime_ns for n in names]
+    plan = bash("--dry-run", *grid, cwd=tmp_path / "jobs").stdout.splitlines()
+    assert plan == [f"# runs/{n} is finished (results.json): skipped" for n in names]
+    again = start("--jobs", "2", *grid, cwd=tmp_path / "jobs")
+    assert again.wait(timeout=300) == 0
+    out = (tmp_path / "jobs" / "out.txt").read_text()
+    assert all(f"run_all: runs/{n} is finished (results.json): skipped" in out for n in names), out
+    assert [(runs / n / "results.json").stat().st_mtime_ns for n in names] == finished
+    assert [(runs / "logs" / f"{n}.log").read_text() for n in names] == logs
+
+
+LIGHTLY = ["simclr", "byol", "dino", "moco_v2", "nnclr", "simsiam", "swav", "barlow_twins"]
+
+
+def test_lightly_dry_run_gives_the_eight_resnet_methods_lightlys_budget(tmp_path):
+    """--lightly: each command parses with its method's own flags (tyro) to ResNet-18, batch 512, 200 epochs, kNN every
+    10 epochs; MoCo v2 alone with an 8,192-key queue."""
+    import barlow_twins
+    import byol
+    import dino
+    import moco_v2
+    import nnclr
+    import simclr
+    import simsiam
+    import swav
+    modules = dict(simclr=simclr, byol=byol, dino=dino, moco_v2=moco_v2, nnclr=nnclr, simsiam=simsiam, swav=swav,
+                   barlow_twins=barlow_twins)
+    res = bash("--lightly", "--dry-run", cwd=tmp_path)
+    assert res.returncode == 0 and not res.stderr, res.stderr
+    cmds = res.stdout.splitlines()
+    assert [c.split("/methods/")[1].split(".py")[0] for c in cmds] == LIGHTLY
+    for m, cmd in zip(LIGHTLY, cmds):
+        flags = cmd.split(f"/methods/{m}.py ")[1].split()
+        assert flags[-2:] == ["--run-dir", f"runs/cifar10__runall_lightly_{m}__0"]
+        args = tyro.cli(modules[m].Args, args=flags[:-2])
+        assert (args.dataset, args.seed, args.exp_name) == ("cifar10", 0, f"runall_lightly_{m}")
+        assert (args.backbone, args.batch_size, args.epochs, args.eval_every) == ("resnet18", 512, 200, 10)
+        assert args.save_every_minutes == 5 and ("--queue-size" in flags) == (m == "moco_v2")
+    assert tyro.cli(moco_v2.Args, args=["--queue-size", "8192"]).queue_size == 8192
+    for bad in (["--lightly", "--quick"], ["--lightly", "--methods", "vicreg"]):
+        res = bash(*bad, "--dry-run", cwd=tmp_path)
+        assert res.returncode == 2 and res.stderr.startswith("error:"), res.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def fake_lightly_run(runs, method, knn, final, processes=1, log=""):
+    """A finished --lightly run: results.json, eval/knn_top1 every 10 epochs of 97 steps and the hyperparameters text
+    in its tensorboard events, and its log (runs/logs/{run}.log)."""
+    from torch.utils.tensorboard import SummaryWriter
+    d = runs / f"cifar10__runall_lightly_{method}__0"
+    with SummaryWriter(str(d)) as w:
+        w.add_text("hyperparameters", "|param|value|\n|-|-|\n|optimizer|lars|\n|lr|0.4|\n|weight_decay|0.0001|\n"
+                                      "|warmup_epochs|10.0|")
+        for i, v in enumerate(knn, 1):
+            w.add_scalar("eval/knn_top1", v, 970 * i)
+    (d / "results.json").write_text(json.dumps(dict(method=method, dataset="cifar10", backbone="resnet18", seed=0,
+                                                    epochs=10 * len(knn), steps=970 * len(knn), knn_top1=final,
+                                                    minutes=90.4, processes=processes)))
+    (runs / "logs").mkdir(exist_ok=True)
+    (runs / "logs" / f"{d.name}.log").write_text(log)
+
+
+def test_lightly_table_puts_the_final_and_best_knn_beside_lightlys(tmp_path):
+    """The best kNN is the highest eval/knn_top1 (the first of equal ones, its epoch); the device is the log's (CPU if
+    the run says so); a resumed run's minutes are marked; a method lightly does not benchmark gets dashes."""
+    runs = tmp_path / "runs"
+    on = "run_all: 2026-12-07 10:00:00 on gpu7; device: {} (CUDA_VISIBLE_DEVICES=0)\n[{}] cifar10: ... resnet18 on {} ("
+    fake_lightly_run(runs, "simclr", [70.0, 82.5, 82.5, 81.0], 81.0,
+                     log=on.format("NVIDIA RTX A6000", "simclr", "cuda"))
+    fake_lightly_run(runs, "moco_v2", [60.0, 85.0], 84.9, processes=2,
+                     log=on.format("2 x NVIDIA H100 80GB HBM3", "moco_v2", "cuda:0") + "\nresumed from x/last.pt\n")
+    fake_lightly_run(runs, "byol", [50.0], 50.0, log=on.format("NVIDIA H100", "byol", "cpu"))
+    fake_lightly_run(runs, "vicreg", [40.0], 40.0)  # not lightly's, no log
+    res = bash("--table", "--lightly", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    table = (runs / "run_all_lightly.md").read_text()
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in table.splitlines() if ln.startswith("| cifar10 |")]
+    recipe = "lars, lr 0.4, weight decay 0.0001, warmup 10.0 epochs"
+    # dataset, method, seed, epochs, final, best (epoch), lightly, best - lightly, minutes, lightly's, device, recipe
+    assert rows == [
+        ["cifar10", "SimCLR", "0", "40", "81.00", "82.50 (20)", "84.8", "-2.30", "90", "87", "NVIDIA RTX A6000",
+         recipe],
+        ["cifar10", "BYOL", "0", "10", "50.00", "50.00 (10)", "86.8", "-36.80", "90", "108", "CPU", recipe],
+        ["cifar10", "MoCo v2 (queue 8,192)", "0", "20", "84.90", "85.00 (20)", "84.7", "+0.30", "90 (last part)", "112",
+         "2 x NVIDIA H100 80GB HBM3", recipe],
+        ["cifar10", "vicreg", "0", "10", "40.00", "40.00 (10)", "–", "–", "90", "–", "–", recipe]]
+
+
 def test_benchmark_prints_rows(tmp_path):
     res = subprocess.run([sys.executable, str(ROOT / "benchmark.py"), "--methods", "simclr", "--backbone", "tiny",
                           "--batch-size", "32", "--steps", "5", "--no-pil-baseline"],
