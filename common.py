@@ -27,10 +27,10 @@ try:  # the slow imports (seconds; method files import common first): Ctrl-C mea
                                       load_checkpoint, restore, resume_position, save_checkpoint)
     from plumbing.data import DatasetName, Decoder, load_data  # noqa: F401
     from plumbing.distributed import (any_rank, average_gradients, broadcast, broadcast_tensors,  # noqa: F401
-                                      end_process_group, gather, init_distributed, pick_precision, rank,
+                                      device_name, end_process_group, gather, init_distributed, pick_precision, rank,
                                       set_determinism, world_size)
     from plumbing.errors import UserError, refuse_out_of_range
-    from plumbing.evaluation import FINETUNE_PROTOCOL, OnlineProbe, finetune
+    from plumbing.evaluation import OnlineProbe, finetune
     from plumbing.optim import cosine_schedule, linspace_warmup, make_optimizer, param_groups  # noqa: F401
     from plumbing.optim import warmup_cosine
 except KeyboardInterrupt:
@@ -126,14 +126,13 @@ class Run:
         self.view_specs = None  # the ViewSpecs of run.augment
         self.progress = runlog.Progress()  # views/s and when the progress line is due
         self.saved = time.time()  # when the last checkpoint was written (--save-every-minutes)
+        self.minutes_before = 0.0  # a resumed run: the minutes of its earlier parts
         self.last_checkpoint = None
         self.grid = None
         self.embedding = None
         self.results = {}
-        self.print(f"[{method}] {args.dataset}: {len(self.data)} training images of {self.data.image_size}px, "
-                   f"{self.data.num_classes} classes; {args.backbone} on {self.device} ({precision})"
-                   f"{f' x {self.world} processes' if self.world > 1 else ''}; {self.steps_per_epoch} steps/epoch, "
-                   f"{self.stop_step} steps; run dir {self.dir}")
+        self.print(runlog.header_line(method, args, self.data, self.device, precision, self.world, self.stop_step,
+                                      self.dir))
 
     def _check_data(self):
         args = self.args
@@ -210,6 +209,7 @@ class Run:
         self.step_count, self.start_epoch, self.start_batch = resume_position(state, self.steps_per_epoch)
         self.last_checkpoint = Path(self.args.resume)
         self.saver.kept = [f"last.pt (step {state['step']})"]
+        self.minutes_before = state.get("minutes", 0.0)
         self.print(f"resumed from {self.args.resume} at step {self.step_count} (epoch {self.start_epoch + 1}, batch "
                    f"{self.start_batch}){changes_since(state, self.world)}")
 
@@ -393,7 +393,8 @@ class Run:
         if any_rank(bad is not None):
             raise UserError(f"{bad or 'a parameter of another rank'} is not finite at step {self.step_count}: "
                             f"training diverged; not saved. {self._last_good()}. Try a lower --lr.")
-        position = dict(step=self.step_count, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch)
+        position = dict(step=self.step_count, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
+                        minutes=self.minutes_before + (time.time() - self.t0) / 60)
         with self.saver.writing(f"last.pt of step {self.step_count}"):
             if self.rank0:
                 state = checkpoint_state(self.method, self.model, self.optimizers, self.probe, self.scaler, position,
@@ -421,8 +422,9 @@ class Run:
             if args.finetune_epochs:
                 self._finetune(name, backbone)
             self.results.update(method=self.method, dataset=args.dataset, backbone=args.backbone, seed=args.seed,
-                                epochs=epochs, steps=self.step_count, minutes=(time.time() - self.t0) / 60,
-                                processes=self.world, views_per_image=len(self.view_specs),
+                                epochs=epochs, steps=self.step_count, processes=self.world,
+                                minutes=self.minutes_before + (time.time() - self.t0) / 60,  # every part of the run
+                                device=device_name(self.device), views_per_image=len(self.view_specs),
                                 batch_size=args.batch_size)
             if self.rank0:
                 (self.dir / "results.json").write_text(json.dumps(self.results, indent=1))
@@ -443,7 +445,5 @@ class Run:
         self.results["finetune_top1"] = top1
         if self.rank0:
             self.writer.add_scalar("eval/finetune_top1", top1, self.step_count)
-        note = "; the head reads the mean patch token" if pool == "mean" else ""
-        self.print(f"[{name}] fine-tune top-1 {top1:.2f} after {args.finetune_epochs} epochs ({FINETUNE_PROTOCOL}"
-                   f"{note})")
+        self.print(evaluation.finetune_report(name, top1, args.finetune_epochs, pool))
 

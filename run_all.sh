@@ -560,8 +560,12 @@ def events(directory):
 
 
 def device(r):
-    """The device, from the run's log (runs/logs/{run}.log): run_all's device line, unless the run says it ran on the
-    CPU; and whether the run was resumed (its minutes are then those of its last part)."""
+    """The device: results.json's (runs since it records it: their minutes cover every part of a resumed run), else
+    the run's log (runs/logs/{run}.log): run_all's device line, unless the run says it ran on the CPU; and whether
+    the minutes are those of a resumed run's last part only."""
+    if "device" in r:
+        processes = r.get("processes", 1)
+        return r["device"] + (f", {processes} processes" if processes > 1 else ""), False
     log = Path("runs") / "logs" / f"{r['dir'].name}.log"
     text = log.read_text(errors="replace") if log.exists() else ""
     named = re.findall(r"^run_all: .*; device: (.*?)(?: \(CUDA_VISIBLE_DEVICES=[^)]*\))?$", text, re.M)
@@ -581,8 +585,9 @@ lines = [f"Runs: runs/*__{tag}_*. Lightly: its CIFAR-10 benchmark (docs.lightly.
          "batch 256 scaled by batch/256, weight decay, warmup: the 'our recipe' column; blur and projector: the "
          "method's --help), where lightly's script gives every method SGD with lr 0.06 x batch/128, momentum 0.9, "
          "weight decay 5e-4, a cosine schedule and no blur. Best: the highest eval/knn_top1 in the run's tensorboard "
-         "events, and its epoch. Minutes: results.json's (training and evaluation; a resumed run: its last part "
-         "only, marked). Device: the run's log, runs/logs/{run}.log.", "",
+         "events, and its epoch. Minutes: results.json's (training and evaluation, every part of a resumed run; "
+         "runs older than that record: the last part only, marked). Device: results.json's, else the run's log, "
+         "runs/logs/{run}.log.", "",
          "| dataset | method | seed | epochs | kNN top-1 (final) | best kNN top-1 (epoch) | lightly kNN top-1 | best - "
          "lightly | minutes | lightly minutes | device | our recipe |", "|-|-|-|-|-|-|-|-|-|-|-|-|"]
 order = list(LIGHTLY)

@@ -172,8 +172,9 @@ class Saver:
 
 
 class StopSignals:
-    """SIGINT and SIGTERM ask the run to save a checkpoint and stop after the current step (`received`); a second one
-    stops at once (KeyboardInterrupt)."""
+    """SIGINT and SIGTERM ask the run to save a checkpoint and stop after the current step (`received`). A second
+    SIGINT (Ctrl-C again) stops at once (KeyboardInterrupt); a second SIGTERM changes nothing, as a scheduler that
+    preempts a job under torchrun may deliver two (its own and torchrun's forwarded one)."""
 
     def __init__(self, say):
         self.received = None  # the first signal's number
@@ -188,7 +189,10 @@ class StopSignals:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     def _on_signal(self, signum, _frame):
-        if self.received is not None:
+        if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        if self.received is not None:
+            return
         self.received = signum
-        self.say(f"{signal.Signals(signum).name} received: saving a checkpoint after this step (again: quit now)")
+        name = signal.Signals(signum).name
+        self.say(f"{name} received: saving a checkpoint after this step (Ctrl-C again: quit now)")

@@ -37,6 +37,13 @@ def pick_device(name: str) -> torch.device:
         raise UserError(f"--device {name}: not a device (auto, cpu, cuda, cuda:1, ...).") from None
 
 
+def device_name(device: torch.device) -> str:
+    """What results.json records as the device: the GPU's name (e.g. "NVIDIA H100 80GB HBM3"), or "cpu"."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
 def init_distributed(device: str) -> torch.device:
     """Under torchrun: join the process group (NCCL on GPUs, gloo on CPU), return cuda:LOCAL_RANK; alone: `device`."""
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:

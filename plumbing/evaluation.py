@@ -154,6 +154,11 @@ def final_report(name: str, scores: dict, dims: int) -> str:
     return "\n".join(lines)
 
 
+def finetune_report(name: str, top1: float, epochs: int, pool: str) -> str:
+    note = "; the head reads the mean patch token" if pool == "mean" else ""
+    return f"[{name}] fine-tune top-1 {top1:.2f} after {epochs} epochs ({FINETUNE_PROTOCOL}{note})"
+
+
 def projector_embedding(features: Features, data) -> dict:
     """Up to 2,000 test features with their labels (and thumbnails for small images), for tensorboard's projector."""
     n = min(2000, len(features.test))

@@ -54,6 +54,14 @@ def open_run_dir(directory: Path, args, resumed_at: int = None, views_grid=None)
     return writer
 
 
+def header_line(method: str, args, data, device, precision: str, world: int, stop_step: int, directory) -> str:
+    """The run's first line: what trains on what, where, how long, and its directory."""
+    processes = f" x {world} processes" if world > 1 else ""
+    return (f"[{method}] {args.dataset}: {len(data)} training images of {data.image_size}px, {data.num_classes} "
+            f"classes; {args.backbone} on {device} ({precision}){processes}; {len(data) // args.batch_size} "
+            f"steps/epoch, {stop_step} steps; run dir {directory}")
+
+
 def views_grid(data, views, normalize):
     """A picture for tensorboard (images/views): 8 training images (first row) above each of their augmented views (a
     row per view), back in [0, 1], at the images' size (large images: 96 px)."""

@@ -42,3 +42,20 @@ def test_a_checkpoint_with_the_format_tag_but_missing_keys_is_one_line(tmp_path)
         torch.save(state, tmp_path / "bad.pt")
         with pytest.raises(UserError, match="not a complete cleanssl training checkpoint"):
             checkpoints.load_checkpoint(str(tmp_path / "bad.pt"), "simclr", args)
+
+
+def test_a_second_sigterm_changes_nothing_and_a_second_ctrl_c_quits_at_once():
+    """A scheduler preempting a job under torchrun may deliver two SIGTERMs: the run still saves and stops after its
+    step. Ctrl-C twice quits at once."""
+    import signal
+    said = []
+    signals = checkpoints.StopSignals(said.append)
+    signals._on_signal(signal.SIGTERM, None)
+    signals._on_signal(signal.SIGTERM, None)
+    assert signals.received == signal.SIGTERM and len(said) == 1 and "saving a checkpoint" in said[0]
+    with pytest.raises(KeyboardInterrupt):
+        signals._on_signal(signal.SIGINT, None)
+    ctrl_c = checkpoints.StopSignals(said.append)
+    ctrl_c._on_signal(signal.SIGINT, None)
+    with pytest.raises(KeyboardInterrupt):
+        ctrl_c._on_signal(signal.SIGINT, None)

@@ -318,8 +318,9 @@ def test_resume_honours_and_prints_a_changed_lr_and_cleans_stale_temporary_files
     path, base = checkpoint
     (path.parent / "last.pt.99999.tmp").write_bytes(b"half a checkpoint of a killed process")
     state = torch.load(path, weights_only=True)
-    torch.save({**state, "world_size": 2}, path)  # as if two processes had trained it
+    torch.save({**state, "world_size": 2, "minutes": 90.0}, path)  # as if two processes had trained it for 90 min
     t = train(simclr, *base, "--max-steps", 4, "--lr", 0.2, "--resume", path, images=256)
+    assert 90.0 < t.results["minutes"] < 95 and t.results["device"] == "cpu"  # every part of the run, where it ran
     out = capsys.readouterr().out
     assert "honoured changes" in out and "--lr 0.4 -> 0.2" in out and "--max-steps 3 -> 4" in out
     assert "processes 2 -> 1" in out
