@@ -166,12 +166,12 @@ def test_jobs_2_gives_the_sequential_table_and_resumes_an_interrupted_grid(tmp_p
     (runs / names[1]).mkdir(parents=True)  # killed before its first checkpoint: neither last.pt nor results.json
     (runs / names[1] / "notes.txt").write_text("mine")
     jobs = start("--jobs", "2", *grid, cwd=tmp_path / "jobs", env={"CUDA_VISIBLE_DEVICES": "3,5"})
-    deadline = time.time() + 300
+    deadline = time.time() + 900
     while not all(list((runs / n).glob("events.out.tfevents.*")) for n in names) and time.time() < deadline:
         time.sleep(0.2)
     time.sleep(1)
     jobs.send_signal(signal.SIGTERM)
-    assert jobs.wait(timeout=300) == 143, (tmp_path / "jobs" / "err.txt").read_text()
+    assert jobs.wait(timeout=900) == 143, (tmp_path / "jobs" / "err.txt").read_text()
     stopped = (tmp_path / "jobs" / "err.txt").read_text()
     assert "run_all: stopped by SIGTERM; the same command resumes the grid" in stopped, stopped
     aside = list(runs.glob(f"{names[1]}.aside-*"))
@@ -181,8 +181,8 @@ def test_jobs_2_gives_the_sequential_table_and_resumes_an_interrupted_grid(tmp_p
     plan = bash("--dry-run", *grid, cwd=tmp_path / "jobs").stdout.splitlines()  # what a run would do now
     assert [ln.split(" --max-steps 60 ")[1] for ln in plan] == [f"--resume runs/{n}/last.pt" for n in names], plan
     jobs = start("--jobs", "2", *grid, cwd=tmp_path / "jobs", env={"CUDA_VISIBLE_DEVICES": "3,5"})
-    assert jobs.wait(timeout=300) == 0, (tmp_path / "jobs" / "err.txt").read_text()[-2000:]
-    assert sequential.wait(timeout=300) == 0, (tmp_path / "one_by_one" / "err.txt").read_text()[-2000:]
+    assert jobs.wait(timeout=900) == 0, (tmp_path / "jobs" / "err.txt").read_text()[-2000:]
+    assert sequential.wait(timeout=900) == 0, (tmp_path / "one_by_one" / "err.txt").read_text()[-2000:]
     logs = [(runs / "logs" / f"{n}.log").read_text() for n in names]
     for n, log in zip(names, logs):
         assert log.count("stopped by SIGTERM at step") == 1 and log.count(f"resumed from runs/{n}/last.pt") == 1, log
@@ -198,7 +198,7 @@ def test_jobs_2_gives_the_sequential_table_and_resumes_an_interrupted_grid(tmp_p
     plan = bash("--dry-run", *grid, cwd=tmp_path / "jobs").stdout.splitlines()
     assert plan == [f"# runs/{n} is finished (results.json): skipped" for n in names]
     again = start("--jobs", "2", *grid, cwd=tmp_path / "jobs")
-    assert again.wait(timeout=300) == 0
+    assert again.wait(timeout=900) == 0
     out = (tmp_path / "jobs" / "out.txt").read_text()
     assert all(f"run_all: runs/{n} is finished (results.json): skipped" in out for n in names), out
     assert [(runs / n / "results.json").stat().st_mtime_ns for n in names] == finished
