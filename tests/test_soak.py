@@ -1,0 +1,78 @@
+"""soak.py: a short soak (two runs and a torchrun run, one fault each: SIGTERM, SIGINT and SIGKILL) loses nothing and
+ends every run equal to its uninterrupted twin; its checks catch a run that differs from its twin, a tensorboard curve
+with steps logged twice and a directory that is not a run; with --full, the full ten-minute soak."""
+import json
+import shutil
+
+import pytest
+from torch.utils.tensorboard import SummaryWriter
+
+import simclr
+import soak
+from conftest import TINY, run_script
+
+QUICK = ("--minutes", 0.1, "--methods", "simclr", "byol", "--jobs", 4, "--steps", 60, "--faults-per-run", 1,
+         "--window", 4)  # the runs of the first moment only; 60 steps: torchrun's ranks agree on a stop at step 50
+
+
+def passed(res, out):
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    report = json.loads((out / "soak.json").read_text())
+    assert report["runs_lost"] == 0 and report["mismatches"] == 0 and report["problems"] == [], report["problems"]
+    assert all(report["faults_by_signal"][s] >= 1 for s in ("SIGTERM", "SIGINT", "SIGKILL")), report["faults_sent"]
+    assert report["resumes"] + report["restarts_from_scratch"] >= 1
+    assert all((out / "runs" / r["name"] / "backbone.pt").is_file() for r in report["per_run"])
+    return report
+
+
+def test_a_short_soak_loses_nothing(tmp_path):
+    res = run_script("soak.py", *QUICK, "--out", tmp_path / "soak", cwd=tmp_path)
+    report = passed(res, tmp_path / "soak")
+    assert report["runs"] == 3 and report["torchrun_runs"] == 1 and report["faults"] == 3
+    assert "0 runs lost, 0 mismatches" in res.stdout
+
+
+@pytest.mark.full
+def test_the_full_soak_loses_nothing(tmp_path):
+    res = run_script("soak.py", "--minutes", 10, "--out", tmp_path / "soak", cwd=tmp_path, timeout=3600)
+    report = passed(res, tmp_path / "soak")
+    assert report["torchrun_runs"] >= 1 and report["runs"] >= 4
+
+
+def test_a_run_that_differs_from_its_twin_is_a_mismatch(train):
+    """Three 2-step runs: seed 0 twice (equal, tensor for tensor, and the same loss curve), and seed 1."""
+    flags = [*TINY, "--max-steps", 2, "--save-every", 1]
+    first = train(simclr, *flags, "--exp-name", "first", images=64).dir
+    again = train(simclr, *flags, "--exp-name", "again", images=64).dir
+    other = train(simclr, *flags, "--seed", 1, "--exp-name", "other", images=64).dir
+    assert soak.compare_runs(again, first) == [] and soak.compare_curves(again, first) == []
+    differences = soak.compare_runs(other, first)
+    assert any("backbone.pt/" in d for d in differences) and any("last.pt/model/" in d for d in differences)
+    assert any("losses/total differs" in p for p in soak.compare_curves(other, first))
+    assert soak.unequal({"a": [1, 2]}, {"a": [1, 2, 3]}, "x") == ["x/a (another length)"]
+
+
+def test_a_curve_with_steps_logged_twice_is_caught(tmp_path):
+    """A process that logged steps 1-3, then another that logged 2-3 again without purging them (what a resume
+    without purge_step would leave): the steps go back."""
+    for steps in ((1, 2, 3), (2, 3)):
+        writer = SummaryWriter(str(tmp_path / "run"))
+        for step in steps:
+            writer.add_scalar("losses/total", 1.0, step)
+        writer.close()
+    writer = SummaryWriter(str(tmp_path / "twin"))
+    for step in (1, 2, 3):
+        writer.add_scalar("losses/total", 1.0, step)
+    writer.close()
+    problems = soak.compare_curves(tmp_path / "run", tmp_path / "twin")
+    assert len(problems) == 1 and "not strictly increasing (again at [2, 3])" in problems[0], problems
+
+
+def test_a_directory_that_is_no_run_is_caught(tmp_path):
+    for folder in ("runs/00-simclr", "twins/00-simclr", "aside/00-simclr.1", "runs/stray", "logs"):
+        (tmp_path / folder).mkdir(parents=True)
+    assert soak.strays(tmp_path, ["00-simclr"], ["00-simclr.1"]) == [
+        f"{tmp_path / 'runs' / 'stray'}: not a run of this soak nor recorded as set aside"]
+    shutil.rmtree(tmp_path / "runs" / "stray")
+    (tmp_path / "extra").mkdir()
+    assert len(soak.strays(tmp_path, ["00-simclr"], [])) == 2  # extra/ and the unrecorded aside
