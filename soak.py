@@ -8,7 +8,7 @@ the weights of an uninterrupted twin, and no directory may hold a partial or mix
 
 What it does
 - The runs: each method of --methods (in turn, again while time is left), --steps steps of batch 32 on synthetic
-  data (128 steps per epoch: a run of 300 steps stops in the middle of its third epoch), small heads, a checkpoint
+  data (128 steps per epoch: a run of 200 steps stops in the middle of its second epoch), small heads, a checkpoint
   every epoch and every --save-every-minutes, one CPU thread per process (the same thread count makes the same
   floating-point reductions: bit-identical results); the methods cover the state a resume restores: EMA targets
   (BYOL, DINO, iBOT), queues (MoCo v2, SwAV), a support set (NNCLR), a memory with k-means each epoch (DeepCluster
@@ -37,9 +37,9 @@ Writes OUT/soak.json (the figures, every fault with what followed, every problem
 exits 1 if a run was lost, a run differs from its twin or a check failed.
 """
 import json
+import logging
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -63,18 +63,18 @@ HEADS = {"--proj-hidden-dim": 256, "--proj-output-dim": 64}  # small heads: a st
 VIT = {"--backbone": "vit_mini", "--patch-size": 8, "--num-local-crops": 2, "--proj-hidden-dim": 256,
        "--warmup-teacher-temp-epochs": 1}
 # each method's own flags: the state its resume must restore comes early in a short run
-METHOD_FLAGS = {
+METHOD_FLAGS = {  # in the order the soak takes them: the most kinds of state first
     "simclr": {**HEADS, "--eval-every": 1, "--mi-every": 50},  # evaluation and MI between steps change nothing
-    "byol": {**HEADS, "--pred-hidden-dim": 256},  # EMA target
-    "moco_v2": {**HEADS, "--queue-size": 256},  # a queue that wraps every 8 steps
-    "nnclr": {**HEADS, "--pred-hidden-dim": 256, "--queue-size": 512},  # support set
     "deepcluster_v2": {**HEADS, "--num-prototypes": [30, 30]},  # memory, k-means at each epoch's start
+    "moco_v2": {**HEADS, "--queue-size": 256},  # a queue that wraps every 8 steps
+    "ibot": {**VIT, "--out-dim": 256, "--pred-start-epochs": 0.5},  # EMA teacher, centers, masks from step 65
     "swav": {**HEADS, "--queue-size": 256, "--queue-start-epoch": 1, "--num-prototypes": 30,
-             "--freeze-prototypes-epochs": 1},  # queue from epoch 2, prototypes frozen in epoch 1
-    "dino_vit": {**VIT, "--num-prototypes": 256},  # EMA teacher, center, multi-crop
-    "ibot": {**VIT, "--out-dim": 256, "--pred-start-epochs": 0.5},  # masks from the middle of epoch 1
+             "--freeze-prototypes-epochs": 1},  # queue and prototype updates from epoch 2
+    "byol": {**HEADS, "--pred-hidden-dim": 256},  # EMA target
+    "nnclr": {**HEADS, "--pred-hidden-dim": 256, "--queue-size": 512},  # support set
     "mae": {"--backbone": "vit_mini", "--patch-size": 8, "--decoder-dim": 64, "--decoder-depth": 1,
             "--decoder-heads": 4, "--finetune-epochs": 0},  # random masks
+    "dino_vit": {**VIT, "--num-prototypes": 256},  # EMA teacher, center, multi-crop
 }
 MethodName = Literal["simclr", "byol", "moco_v2", "nnclr", "deepcluster_v2", "swav", "dino_vit", "ibot", "mae"]
 CHECKPOINT_KEYS = ("model", "optimizers", "probe", "probe_opt", "scaler", "step", "epoch", "batch_in_epoch", "rng")
@@ -89,16 +89,16 @@ class Args:
     out: str = "runs/soak"
     """the soak's folder, which must not exist or be empty: runs/, twins/, aside/, logs/, soak.json"""
     jobs: int = 3
-    """single-process runs (a faulted run or a twin) at once, besides the torchrun run and its twin"""
+    """single-process runs (a faulted run or a twin) at once, besides one torchrun run and its twin"""
     methods: List[MethodName] = field(default_factory=lambda: list(METHOD_FLAGS))
     """the single-process runs' methods, taken in turn"""
     torchrun: Literal["simclr", "byol", "none"] = "simclr"
     """method of the two-process torchrun runs (none: no torchrun run)"""
-    steps: int = 300
+    steps: int = 200
     """--max-steps of every run (epochs of 128 steps: --epochs is the number begun)"""
     faults_per_run: int = 4
     """faults sent to a run at most; then it runs to its end"""
-    window: float = 20.0
+    window: float = 60.0
     """a fault while training comes within this many seconds after the process opens its tensorboard file"""
     save_every_minutes: float = 0.05
     """the runs' --save-every-minutes (besides --save-every 1): what a SIGKILL loses"""
@@ -244,6 +244,8 @@ class Soak:
 
     def may_begin(self, torchrun: bool, now: float) -> bool:
         """A new run begins while the longest run of its kind so far (finished, or still going) would end in time."""
+        if torchrun and self.pools[True]:  # one torchrun run (and its twin) at a time: the CPUs go to the others
+            return False
         runs = [j for j in self.jobs if j.plan.torchrun == torchrun and not j.twin]
         longest = max([j.wall if j.done else now - j.began for j in runs] + [0.0])
         return now + longest <= self.t0 + 60 * self.args.minutes
@@ -270,11 +272,11 @@ class Soak:
         where = ["--resume", str(job.dir / "last.pt")] if job.resume else ["--run-dir", str(job.dir)]
         role = "twin" if job.twin else f"{job.attempt}"
         job.log = open(self.out / "logs" / f"{job.plan.name}.{role}.log", "w")
+        job.events_before = event_files(job.dir)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # one thread: bit-identical sums
         job.popen = subprocess.Popen(command(job.plan, where), cwd=self.out, env=env, stdout=job.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)  # its own process group
         job.started = now
-        job.events_before = event_files(job.dir)
         job.training_since = None
         job.fault = None
         job.fault_at = None
@@ -300,7 +302,7 @@ class Soak:
             delivered = kill_tree(pid)
         elif kind.endswith("a rank") and ranks:
             rank_pid = job.rng.choice(ranks)
-            target = f"rank {ranks.index(rank_pid)}"  # the ranks in the order torchrun started them
+            target = f"rank {ranks.index(rank_pid)} of {len(ranks)}"  # by process id: rank 0 starts first
             delivered = deliver(rank_pid, sig)
         else:  # a rank's fault before torchrun started its ranks goes to torchrun
             delivered = deliver(pid, sig)
@@ -428,6 +430,7 @@ def loss_curve(run_dir: Path) -> List[tuple]:
     """(step, value) of losses/total as tensorboard reads the run's event files (EventAccumulator: a resumed run's
     purge_step drops what a stopped process logged after its checkpoint)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    logging.getLogger("tensorboard").setLevel(logging.ERROR)  # not a warning for each purge: resumes are expected
     accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     accumulator.Reload()
     if "losses/total" not in accumulator.Tags()["scalars"]:
@@ -534,6 +537,9 @@ def main(args: Args) -> int:
         return 2
     for folder in ("runs", "twins", "aside", "logs"):
         (out / folder).mkdir(parents=True, exist_ok=True)
+    # started in the background (`python soak.py ... &`), the shell ignores SIGINT, and so would every run it starts
+    # until the run catches signals itself: the runs must start as a terminal or a cluster starts them
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     soak = Soak(args, out)
     print(f"soak: runs of {', '.join(args.methods)} ({args.jobs} at once) and torchrun {args.torchrun}, faults from "
           f"seed {args.seed}; new runs for {args.minutes:g} minutes; in {out}", flush=True)
