@@ -30,9 +30,10 @@ What it does
 - New runs start while the longest run so far would still end within --minutes; the runs in flight then finish.
 - The checks: every run completed (results.json, backbone.pt, last.pt at the last step, its own seed and method,
   one or two processes); backbone.pt and last.pt (model, optimizers, online probe, position, RNG state) equal to
-  the twin's, tensor by tensor (torch.equal); losses/total in tensorboard (EventAccumulator) has the twin's steps,
-  strictly increasing, with the twin's values (resume purges what a stopped process logged after its checkpoint);
-  no *.tmp in a run; nothing under OUT but runs/ (the runs), twins/, aside/ (each entry recorded) and logs/.
+  the twin's, tensor by tensor (torch.equal); in tensorboard (EventAccumulator), losses/total's steps strictly
+  increase and every scalar but views/s has the twin's steps (none lost, none twice) and values (resume purges what
+  a stopped process logged after its checkpoint); no *.tmp in a run; nothing under OUT but runs/ (the runs),
+  twins/, aside/ (each entry recorded) and logs/.
 Writes OUT/soak.json (the figures, every fault with what followed, every problem), prints one summary line and
 exits 1 if a run was lost, a run differs from its twin or a check failed.
 """
@@ -44,6 +45,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Literal, Optional
@@ -426,36 +428,38 @@ def compare_runs(run_dir: Path, twin_dir: Path) -> List[str]:
     return [f"{run_dir.name}: {path} differs from the twin's" for path in differences]
 
 
-def loss_curve(run_dir: Path) -> List[tuple]:
-    """(step, value) of losses/total as tensorboard reads the run's event files (EventAccumulator: a resumed run's
-    purge_step drops what a stopped process logged after its checkpoint)."""
+def scalar_curves(run_dir: Path) -> dict:
+    """{tag: [(step, value)]} of a run's scalars as tensorboard reads its event files (EventAccumulator: a resumed
+    run's purge_step drops what a stopped process logged after its checkpoint)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     logging.getLogger("tensorboard").setLevel(logging.ERROR)  # not a warning for each purge: resumes are expected
     accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     accumulator.Reload()
-    if "losses/total" not in accumulator.Tags()["scalars"]:
-        return []
-    return [(e.step, e.value) for e in accumulator.Scalars("losses/total")]
+    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
 
 
 def compare_curves(run_dir: Path, twin_dir: Path) -> List[str]:
-    """losses/total of a run: strictly increasing steps, the twin's steps (none lost, none twice), the twin's values."""
-    mine = loss_curve(run_dir)
-    theirs = loss_curve(twin_dir)
-    steps = [s for s, _ in mine]
-    problems = []
-    if not mine:
-        problems.append(f"{run_dir.name}: no losses/total in tensorboard")
+    """losses/total's steps strictly increase; every scalar (but views/s, a timing) is logged at the twin's steps
+    (none lost, none twice) with the twin's values."""
+    mine = scalar_curves(run_dir)
+    theirs = scalar_curves(twin_dir)
+    steps = [s for s, _ in mine.get("losses/total", [])]
+    problems = [] if steps else [f"{run_dir.name}: no losses/total in tensorboard"]
     twice = [s for i, s in enumerate(steps) if i and s <= max(steps[:i])]  # logged at or before a step already seen
     if twice:
         problems.append(f"{run_dir.name}: losses/total steps not strictly increasing (again at {twice[:5]})")
-    lost = sorted({s for s, _ in theirs} - set(steps))
-    if lost:
-        problems.append(f"{run_dir.name}: losses/total has no value at {len(lost)} of the twin's steps ({lost[:5]})")
-    values = dict(theirs)
-    other = [s for s, v in mine if s in values and v != values[s]]
-    if other:
-        problems.append(f"{run_dir.name}: losses/total differs from the twin's at {len(other)} steps ({other[:5]})")
+    for tag in sorted((set(mine) | set(theirs)) - {"charts/views_per_sec"}):
+        ours = Counter(s for s, _ in mine.get(tag, []))
+        twins = Counter(s for s, _ in theirs.get(tag, []))
+        more = sorted((ours - twins).elements())
+        fewer = sorted((twins - ours).elements())
+        if more or fewer:
+            problems.append(f"{run_dir.name}: {tag} at other steps than the twin's (more at {more[:5]}, none at "
+                            f"{fewer[:5]})")
+            continue
+        other = [a[0] for a, b in zip(sorted(mine[tag]), sorted(theirs[tag])) if a != b]
+        if other:
+            problems.append(f"{run_dir.name}: {tag} differs from the twin's at {len(other)} steps ({other[:5]})")
     return problems
 
 
