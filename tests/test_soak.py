@@ -3,10 +3,13 @@ ends every run equal to its uninterrupted twin; its checks catch a run that diff
 with steps logged twice and a directory that is not a run; with --full, the full ten-minute soak."""
 import json
 import shutil
+import time
 
 import pytest
+from tensorboard.summary.writer.record_writer import RecordWriter
 from torch.utils.tensorboard import SummaryWriter
 
+import common
 import simclr
 import soak
 from conftest import TINY, events, run_script
@@ -80,6 +83,35 @@ def test_a_run_resumed_for_its_final_evaluation_logs_it_once(train):
     (t.dir / "results.json").unlink()  # as if stopped after the evaluation was logged
     train(simclr, *flags, "--resume", t.dir / "last.pt", images=64)
     assert [e.step for e in events(t.dir).Scalars("eval/knn_top1")] == [3]
+
+
+@pytest.mark.xfail(strict=True, reason="found by the soak: Run.save does not flush tensorboard's writer, whose "
+                   "thread writes the events later; a process that ends right after its checkpoint loses them")
+def test_what_a_checkpoint_covers_is_in_tensorboard_when_it_is_written(train, monkeypatch):
+    """A process that ends right after a checkpoint (SIGKILL, or a second Ctrl-C: "nothing saved since the last
+    checkpoint") must not lose the scalars logged up to it: --resume purges only what comes after the checkpoint's
+    step and never logs those again. The full soak lost a SimCLR run's eval/knn_top1 at the end of epoch 1 this way
+    (stopped by a second SIGINT right after the checkpoint of step 128). Here tensorboard's writer thread is slowed
+    down, as on a busy machine, and each checkpoint looks at what is on disk once it is written."""
+    write = RecordWriter.write
+
+    def slow(self, data):
+        time.sleep(0.2)
+        write(self, data)
+
+    on_disk = []
+    save = common.Run.save
+
+    def save_and_look(self):
+        save(self)
+        curves = events(self.dir)
+        logged = "losses/total" in curves.Tags()["scalars"]
+        on_disk.append((self.step_count, [e.step for e in curves.Scalars("losses/total")] if logged else []))
+
+    monkeypatch.setattr(RecordWriter, "write", slow)
+    monkeypatch.setattr(common.Run, "save", save_and_look)
+    train(simclr, *TINY, "--max-steps", 2, "--save-every", 1, images=64)  # one checkpoint, at the end of epoch 1
+    assert on_disk == [(2, [1, 2])], on_disk
 
 
 def test_a_directory_that_is_no_run_is_caught(tmp_path):
