@@ -176,15 +176,17 @@ def checkpoint_step(path: Path):
     return torch.load(path, map_location="cpu", weights_only=True)["step"]
 
 
-def children(pid: int) -> List[int]:
-    """The processes whose parent is `pid` (torchrun's ranks), from /proc."""
+def children(pid: int, running: str = "") -> List[int]:
+    """The processes whose parent is `pid` and whose command line holds `running` (torchrun's ranks run the method
+    file; while it imports torch, torchrun may have short-lived helpers), from /proc."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
+            line = (stat.parent / "cmdline").read_bytes().decode(errors="replace")
         except OSError:  # the process ended meanwhile
             continue
-        if int(fields[1]) == pid:
+        if int(fields[1]) == pid and running in line:
             found.append(int(stat.parent.name))
     return sorted(found)
 
@@ -296,17 +298,19 @@ class Soak:
     def send(self, job: Job, now: float):
         kind = self.deal(job.plan.torchrun)
         pid = job.popen.pid
-        ranks = children(pid) if job.plan.torchrun else []
+        ranks = children(pid, f"methods/{job.plan.method}.py") if job.plan.torchrun else []
         target = "torchrun" if job.plan.torchrun else "the run"
         sig = signal.Signals[kind.split()[0]]
-        if kind == "SIGKILL to all (machine lost)":
+        if kind.endswith("a rank") and not ranks:  # torchrun has not started its ranks yet: the fault goes to it
+            kind = f"{sig.name} to torchrun (no rank yet)"
+        if kind in ("SIGKILL to all (machine lost)", "SIGKILL to torchrun (no rank yet)"):  # all of it
             target = "torchrun and its ranks"
             delivered = kill_tree(pid)
-        elif kind.endswith("a rank") and ranks:
+        elif kind.endswith("a rank"):
             rank_pid = job.rng.choice(ranks)
             target = f"rank {ranks.index(rank_pid)} of {len(ranks)}"  # by process id: rank 0 starts first
             delivered = deliver(rank_pid, sig)
-        else:  # a rank's fault before torchrun started its ranks goes to torchrun
+        else:
             delivered = deliver(pid, sig)
         if kind == "SIGINT twice":
             job.second_sigint_at = now + job.rng.uniform(0.05, 1.0)
@@ -518,7 +522,7 @@ def check(soak: Soak) -> dict:
     problems += strays(soak.out, [j.plan.name for j in runs], [Path(a["to"]).name for a in soak.aside])
     faults = [f for j in runs for f in j.faults]
     kinds = [k for faults_of in (SINGLE_FAULTS, TORCHRUN_FAULTS) for ks in faults_of.values() for k in ks]
-    by_kind = {k: sum(f["kind"] == k for f in faults) for k in kinds}
+    by_kind = {k: sum(f["kind"] == k for f in faults) for k in dict.fromkeys(kinds + [f["kind"] for f in faults])}
     by_signal = {s: sum(f["signal"] == s for f in faults) for s in SIGNALS}
     return {"runs": len(runs), "torchrun_runs": sum(j.plan.torchrun for j in runs), "faults": len(faults),
             "faults_by_signal": by_signal, "faults_by_kind": by_kind, "resumes": sum(j.resumes for j in runs),
