@@ -125,14 +125,12 @@ def test_a_run_stopped_at_the_last_step_of_an_epoch_still_evaluates_that_epoch(t
         if self.step_count == 2 and not self.checkpoint:
             self.signals.received = signal.SIGTERM  # what the handler does when SIGTERM comes during the step
 
-    twin = train(simclr, *flags, "--exp-name", "twin", images=64).dir
     monkeypatch.setattr(common.Run, "log", sigterm_during_step_2)
     with pytest.raises(common.UserError, match="stopped by SIGTERM at step 2"):
-        train(simclr, *flags, "--exp-name", "stopped", images=64)
-    (stopped,) = (tmp_path / "runs").glob("*__stopped__*")
-    train(simclr, *flags, "--exp-name", "stopped", "--resume", stopped / "last.pt", images=64)
-    assert [e.step for e in events(twin).Scalars("eval/knn_top1")] == [2, 4, 4]
-    assert [e.step for e in events(stopped).Scalars("eval/knn_top1")] == [2, 4, 4]
+        train(simclr, *flags, images=64)
+    (stopped,) = (tmp_path / "runs").iterdir()
+    train(simclr, *flags, "--resume", stopped / "last.pt", images=64)
+    assert [e.step for e in events(stopped).Scalars("eval/knn_top1")] == [2, 4, 4]  # epoch 1, epoch 2, the final one
 
 
 @pytest.mark.xfail(strict=True, reason="Run.save does not flush tensorboard's writer, whose thread writes the events "
