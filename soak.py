@@ -4,7 +4,7 @@ the weights of an uninterrupted twin, and no directory may hold a partial or mix
 
     python soak.py --help
     python soak.py --minutes 10 --out /tmp/soak                  # the full soak (docs/reliability.md, its figures)
-    python soak.py --minutes 0.5 --methods simclr byol --steps 60 --faults-per-run 2 --window 4 --out /tmp/soak_quick
+    python soak.py --minutes 0.1 --methods simclr byol --jobs 4 --steps 60 --faults-per-run 1 --window 4 --out /tmp/q
 
 What it does
 - The runs: each method of --methods (in turn, again while time is left), --steps steps of batch 32 on synthetic
@@ -540,11 +540,19 @@ def commit() -> str:
     return done.stdout.strip() or "unknown"
 
 
+def refused(args: Args, out: Path) -> str:
+    """Why the soak cannot start with these flags ('' if it can)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        return f"--out {out} exists and is not empty; the soak checks everything in it, so it starts empty."
+    if not args.methods or args.jobs < 1 or args.steps < 1 or args.minutes <= 0 or args.faults_per_run < 0:
+        return "--methods needs a method, --jobs and --steps at least 1, --minutes more than 0, --faults-per-run >= 0."
+    return ""
+
+
 def main(args: Args) -> int:
     out = Path(args.out).resolve()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        print(f"error: --out {out} exists and is not empty; the soak checks everything in it, so it starts empty.",
-              file=sys.stderr)
+    if refused(args, out):
+        print(f"error: {refused(args, out)}", file=sys.stderr)
         return 2
     for folder in ("runs", "twins", "aside", "logs"):
         (out / folder).mkdir(parents=True, exist_ok=True)
@@ -577,4 +585,4 @@ def main(args: Args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(tyro.cli(Args)))
+    sys.exit(main(tyro.cli(Args, description=__doc__[:__doc__.index("What it does")])))
