@@ -17,7 +17,8 @@ METHODS = sorted((ROOT / "methods").glob("*.py"))
 LAYERS = ["errors", "distributed", "optim", "imagefiles", "augment", "data", "backbones", "evaluation", "checkpoints",
           "runlog"]
 PLUMBING = [ROOT / "plumbing" / f"{name}.py" for name in LAYERS]
-TOOLS = [ROOT / "estimators.py", ROOT / "toy_gaussian.py", ROOT / "benchmark.py", ROOT / "gpu_check.py"]
+TOOLS = [ROOT / "estimators.py", ROOT / "toy_gaussian.py", ROOT / "benchmark.py", ROOT / "gpu_check.py",
+         ROOT / "soak.py"]
 PRODUCT = [*METHODS, ROOT / "common.py", *PLUMBING, *TOOLS]
 ALLOWED = {"common", "estimators", "torch", "torchvision", "numpy", "tyro"}  # and the standard library
 METHOD_MAX_CODE_LINES = 300  # not counting the module docstring

@@ -1,0 +1,172 @@
+"""soak.py: a short soak (two runs and a torchrun run, one fault each: SIGTERM, SIGINT and SIGKILL) loses nothing and
+ends every run equal to its uninterrupted twin; its checks catch a run that differs from its twin, a tensorboard curve
+with steps logged twice and a directory that is not a run; with --full, the full ten-minute soak. Three tests marked
+xfail (strict) show what the soak and its checks found in tensorboard's record of resumed runs (docs/reliability.md):
+they fail as soon as it is fixed, and then lose their mark."""
+import json
+import re
+import shutil
+import signal
+import time
+
+import pytest
+from tensorboard.summary.writer.record_writer import RecordWriter
+from torch.utils.tensorboard import SummaryWriter
+
+import common
+import simclr
+import soak
+from conftest import TINY, events, run_script
+
+QUICK = ("--minutes", 0.1, "--methods", "simclr", "byol", "--jobs", 4, "--steps", 60, "--faults-per-run", 1,
+         "--window", 4)  # the runs of the first moment only; 60 steps: torchrun's ranks agree on a stop at step 50
+
+
+# finding 1 (test_a_run_stopped_at_the_last_step_of_an_epoch_still_evaluates_that_epoch below): a run stopped at the
+# last step of an epoch, resumed, has none of that epoch's eval/* points; the full soak meets it (two of its three runs
+# of 2026-12-07 did) and passes over it until that test stops failing
+EPOCH_EVALUATION_MISSING = re.compile(r": eval/\w+ at other steps than the twin's \(more at \[\], none at \[(\d+)\]\)$")
+
+
+def finding_1(problem: str) -> bool:
+    found = EPOCH_EVALUATION_MISSING.search(problem)
+    return bool(found) and int(found.group(1)) % soak.SYNTHETIC_STEPS_PER_EPOCH == 0
+
+
+def passed(res, out, known=lambda problem: False):
+    report = json.loads((out / "soak.json").read_text())
+    unknown = [p for p in report["problems"] if not known(p)]
+    assert report["runs_lost"] == 0 and report["mismatches"] == 0 and unknown == [], report["problems"]
+    assert res.returncode == (1 if report["problems"] else 0), res.stdout[-3000:] + res.stderr[-3000:]
+    assert all(report["faults_by_signal"][s] >= 1 for s in ("SIGTERM", "SIGINT", "SIGKILL")), report["faults_sent"]
+    assert report["resumes"] + report["restarts_from_scratch"] >= 1
+    assert all((out / "runs" / r["name"] / "backbone.pt").is_file() for r in report["per_run"])
+    return report
+
+
+def test_a_short_soak_loses_nothing(tmp_path):
+    res = run_script("soak.py", *QUICK, "--out", tmp_path / "soak", cwd=tmp_path)
+    report = passed(res, tmp_path / "soak")
+    assert report["runs"] == 3 and report["torchrun_runs"] == 1 and report["faults"] == 3
+    assert "0 runs lost, 0 mismatches, 0 problems" in res.stdout
+
+
+@pytest.mark.full
+def test_the_full_soak_loses_nothing(tmp_path):
+    res = run_script("soak.py", "--minutes", 10, "--out", tmp_path / "soak", cwd=tmp_path, timeout=3600)
+    report = passed(res, tmp_path / "soak", known=finding_1)
+    assert report["torchrun_runs"] >= 1 and report["runs"] >= 4
+
+
+def test_the_full_soak_passes_over_finding_1_only():
+    problems = ["00-simclr: eval/knn_top1 at other steps than the twin's (more at [], none at [128])",
+                "00-simclr: eval/knn_top1 at other steps than the twin's (more at [], none at [100])",
+                "00-simclr: losses/total at other steps than the twin's (more at [], none at [128])",
+                "00-simclr: eval/knn_top1 at other steps than the twin's (more at [128], none at [])"]
+    assert [finding_1(p) for p in problems] == [True, False, False, False]
+
+
+def test_a_run_that_differs_from_its_twin_is_a_mismatch(train):
+    """Three 2-step runs: seed 0 twice (equal, tensor for tensor, and the same loss curve), and seed 1."""
+    flags = [*TINY, "--max-steps", 2, "--save-every", 1]
+    first = train(simclr, *flags, "--exp-name", "first", images=64).dir
+    again = train(simclr, *flags, "--exp-name", "again", images=64).dir
+    other = train(simclr, *flags, "--seed", 1, "--exp-name", "other", images=64).dir
+    assert soak.compare_runs(again, first) == [] and soak.compare_curves(again, first) == []
+    differences = soak.compare_runs(other, first)
+    assert any("backbone.pt/" in d for d in differences) and any("last.pt/model/" in d for d in differences)
+    assert any("losses/total differs" in p for p in soak.compare_curves(other, first))
+    assert soak.unequal({"a": [1, 2]}, {"a": [1, 2, 3]}, "x") == ["x/a (another length)"]
+
+
+def test_a_curve_with_steps_logged_twice_is_caught(tmp_path):
+    """A process that logged steps 1-3, then another that logged 2-3 again without purging them (what a resume
+    without purge_step would leave): the steps go back."""
+    for steps in ((1, 2, 3), (2, 3)):
+        writer = SummaryWriter(str(tmp_path / "run"))
+        for step in steps:
+            writer.add_scalar("losses/total", 1.0, step)
+        writer.close()
+    writer = SummaryWriter(str(tmp_path / "twin"))
+    for step in (1, 2, 3):
+        writer.add_scalar("losses/total", 1.0, step)
+    writer.close()
+    problems = soak.compare_curves(tmp_path / "run", tmp_path / "twin")
+    assert len(problems) == 2 and "not strictly increasing (again at [2, 3])" in problems[0], problems
+    assert "losses/total at other steps than the twin's (more at [2, 3], none at [])" in problems[1], problems
+
+
+@pytest.mark.xfail(strict=True, reason="found writing the soak's check: the final evaluation, redone by --resume, is "
+                   "logged at the checkpoint's step, which purge_step (the checkpoint's step + 1) keeps")
+def test_a_run_resumed_for_its_final_evaluation_logs_it_once(train):
+    """A run stopped between its last checkpoint and results.json (SIGTERM or SIGKILL while it evaluates at the end)
+    is resumed: it only evaluates and writes the missing files. The stopped process's eval/* scalars at the last
+    step stay, so tensorboard holds two of each at that step (eval/knn_top1 at [3, 3]), unlike its twin."""
+    flags = [*TINY, "--max-steps", 3, "--save-every", 1]
+    t = train(simclr, *flags, images=64)
+    (t.dir / "results.json").unlink()  # as if stopped after the evaluation was logged
+    train(simclr, *flags, "--resume", t.dir / "last.pt", images=64)
+    assert [e.step for e in events(t.dir).Scalars("eval/knn_top1")] == [3]
+
+
+@pytest.mark.xfail(strict=True, reason="found by the full soak: a checkpoint taken after an epoch's last step (a stop, "
+                   "or --save-every-minutes) comes before the epoch's evaluation, and --resume starts the next epoch")
+def test_a_run_stopped_at_the_last_step_of_an_epoch_still_evaluates_that_epoch(train, monkeypatch, tmp_path):
+    """SIGTERM during the last step of epoch 1 of 2 (2 steps each, --eval-every 1): the run saves after that step and
+    stops; resumed, it starts epoch 2 at once and never evaluates epoch 1 (eval/knn_top1 [4, 4], not the uninterrupted
+    run's [2, 4, 4]). The full soak (2026-12-07) lost SimCLR's eval/* at step 128 of 200 this way in both its runs
+    (SIGINT during step 128; the checkpoint of step 128 resumed at epoch 2, batch 0). MAE's reconstruction images of
+    that epoch go the same way; no weight changes (no method does more at an epoch's end)."""
+    flags = [*TINY, "--eval-every", 1, "--save-every", 1]
+    log = common.Run.log
+
+    def sigterm_during_step_2(self, scalars):
+        log(self, scalars)
+        if self.step_count == 2 and not self.checkpoint:
+            self.signals.received = signal.SIGTERM  # what the handler does when SIGTERM comes during the step
+
+    monkeypatch.setattr(common.Run, "log", sigterm_during_step_2)
+    with pytest.raises(common.UserError, match="stopped by SIGTERM at step 2"):
+        train(simclr, *flags, images=64)
+    (stopped,) = (tmp_path / "runs").iterdir()
+    train(simclr, *flags, "--resume", stopped / "last.pt", images=64)
+    assert [e.step for e in events(stopped).Scalars("eval/knn_top1")] == [2, 4, 4]  # epoch 1, epoch 2, the final one
+
+
+@pytest.mark.xfail(strict=True, reason="Run.save does not flush tensorboard's writer, whose thread writes the events "
+                   "later; a process that ends right after its checkpoint can lose them")
+def test_what_a_checkpoint_covers_is_in_tensorboard_when_it_is_written(train, monkeypatch):
+    """A process that ends right after a checkpoint (SIGKILL, or a second Ctrl-C: "nothing saved since the last
+    checkpoint") must not lose the scalars logged up to it: --resume purges only what comes after the checkpoint's
+    step and never logs those again. The writer's thread keeps up to 10 events queued; here it is slowed down, as
+    on a busy machine, and each checkpoint looks at what is on disk once it is written. (A race the soaks have not
+    caught in the act: the scalars they lost had the cause above.)"""
+    write = RecordWriter.write
+
+    def slow(self, data):
+        time.sleep(0.2)
+        write(self, data)
+
+    on_disk = []
+    save = common.Run.save
+
+    def save_and_look(self):
+        save(self)
+        curves = events(self.dir)
+        logged = "losses/total" in curves.Tags()["scalars"]
+        on_disk.append((self.step_count, [e.step for e in curves.Scalars("losses/total")] if logged else []))
+
+    monkeypatch.setattr(RecordWriter, "write", slow)
+    monkeypatch.setattr(common.Run, "save", save_and_look)
+    train(simclr, *TINY, "--max-steps", 2, "--save-every", 1, images=64)  # one checkpoint, at the end of epoch 1
+    assert on_disk == [(2, [1, 2])], on_disk
+
+
+def test_a_directory_that_is_no_run_is_caught(tmp_path):
+    for folder in ("runs/00-simclr", "twins/00-simclr", "aside/00-simclr.1", "runs/stray", "logs"):
+        (tmp_path / folder).mkdir(parents=True)
+    assert soak.strays(tmp_path, ["00-simclr"], ["00-simclr.1"]) == [
+        f"{tmp_path / 'runs' / 'stray'}: not a run of this soak nor recorded as set aside"]
+    shutil.rmtree(tmp_path / "runs" / "stray")
+    (tmp_path / "extra").mkdir()
+    assert len(soak.strays(tmp_path, ["00-simclr"], [])) == 2  # extra/ and the unrecorded aside
