@@ -24,7 +24,7 @@ try:  # the slow imports (seconds; method files import common first): Ctrl-C mea
     from plumbing.backbones import ViT, build_backbone, check_patch_size, compile_networks, default_patch  # noqa: F401
     from plumbing.backbones import TinyResNet, mlp  # noqa: F401
     from plumbing.checkpoints import (Saver, StopSignals, changes_since, checkpoint_state, first_nonfinite, is_complete,
-                                      load_checkpoint, restore, resume_position, save_checkpoint)
+                                      last_good, load_checkpoint, restore, resume_position, save_checkpoint)
     from plumbing.data import DatasetName, Decoder, load_data  # noqa: F401
     from plumbing.distributed import (any_rank, average_gradients, broadcast, broadcast_tensors,  # noqa: F401
                                       device_name, end_process_group, gather, init_distributed, pick_precision, rank,
@@ -127,6 +127,8 @@ class Run:
         self.progress = runlog.Progress()  # views/s and when the progress line is due
         self.saved = time.time()  # when the last checkpoint was written (--save-every-minutes)
         self.minutes_before = 0.0  # a resumed run: the minutes of its earlier parts
+        self.final_logged = False  # the final evaluation is in tensorboard (a run resumed only to finish: not again)
+        self.final_scalars = {}  # the final evaluation's eval/* scalars, logged together
         self.last_checkpoint = None
         self.grid = None
         self.embedding = None
@@ -210,6 +212,7 @@ class Run:
         self.last_checkpoint = Path(self.args.resume)
         self.saver.kept = [f"last.pt (step {state['step']})"]
         self.minutes_before = state.get("minutes", 0.0)
+        self.final_logged = state.get("final_logged", False) and self.step_count >= self.stop_step  # not if extended
         self.print(f"resumed from {self.args.resume} at step {self.step_count} (epoch {self.start_epoch + 1}, batch "
                    f"{self.start_batch}){changes_since(state, self.world)}")
 
@@ -230,6 +233,7 @@ class Run:
                 self.save()
             if self.done:
                 break
+            self._save_or_stop_if_asked()  # so that a checkpoint at an epoch's end follows its evaluation
 
     def _open(self):
         """The loop starts: the run directory and tensorboard writer (rank 0), and the stop signals caught."""
@@ -260,7 +264,8 @@ class Run:
             if args.mi_every and self.step_count % args.mi_every == 0:
                 self.flush()
                 self.log_representation()
-            if self.world == 1 or self.step_count % 50 == 0:  # several processes: a collective, read on the host
+            last_of_epoch = self.batch_in_epoch == self.steps_per_epoch  # asked after the epoch's end (epochs())
+            if (self.world == 1 or self.step_count % 50 == 0) and not last_of_epoch:  # processes: a collective
                 self._save_or_stop_if_asked()
             if self.step_count >= self.stop_step:
                 self.done = True
@@ -320,8 +325,8 @@ class Run:
         bad = runlog.first_nonfinite_loss(rows)
         if any_rank(bad is not None):
             tag, value, step = bad or ("a loss of another rank", "not finite", "?")
-            raise UserError(f"{tag} is {value} at step {step}: training diverged. {self._last_good()}. Try a lower "
-                            "--lr or --precision fp32.")
+            raise UserError(f"{tag} is {value} at step {step}: training diverged. "
+                            f"{last_good(self.last_checkpoint, self.dir)}. Try a lower --lr or --precision fp32.")
         if rows and self.rank0 and self.progress.due(now, force_print):
             done = self.step_count - self.start_epoch * self.steps_per_epoch - self.start_batch  # by this process
             eta = (now - self.t0) / max(1, done) * (self.stop_step - self.step_count)
@@ -329,61 +334,50 @@ class Run:
             self.print(runlog.progress_line(self.epoch, self.args.epochs, self.step_count, self.stop_step, latest,
                                             views_per_sec, eta))
 
-    def _last_good(self) -> str:  # for the line of a run that diverged (its directory keeps the curves up to there)
-        if self.last_checkpoint:
-            return f"Last good checkpoint: {self.last_checkpoint}"
-        return f"Nothing saved yet (tensorboard curves so far in {self.dir})"
-
     # -- evaluation
-    def _eval_mode(self, sync: bool = True):
-        """Every module in eval mode; returns their training flags. sync: rank 0's BN statistics on every rank, as DDP
-        does (a collective)."""
-        modes = [m.training for m in self.model.modules()]
-        self.model.eval()
-        if sync:
-            broadcast_tensors(*self.model.buffers())
-        return modes
-
-    def _train_mode(self, modes):
-        for module, training in zip(self.model.modules(), modes):
-            module.training = training
-        self.progress.tick = time.time()  # evaluation is not training time
-
     def log_representation(self):
         """On the fixed held-out pair of views (rank 0): mi/* between the embeddings the objective compares (the
         branches: online(view 1), target(view 2); else one network's Z of both views), dimensionality of each tracked
         network (dim/*, suffix _name) and, with branches, each network's Z of both views as mi_same/*."""
         if not self.rank0:
             return
-        modes = self._eval_mode(sync=False)
-        scalars = evaluation.representation_scalars(self.backbones, self.branches, self.fixed_pair, self.autocast)
+        with evaluation.evaluating(self.model, sync=False):
+            scalars = evaluation.representation_scalars(self.backbones, self.branches, self.fixed_pair, self.autocast)
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, value, self.step_count)
-        self._train_mode(modes)
+        self.progress.tick = time.time()  # evaluation is not training time
 
     def evaluate(self, final: bool = False):
         """kNN top-1 of each tracked backbone and the online probe's test top-1 (on the first, main backbone's
         features); at the end (final) also the linear probe, H(R) and I(R;Z), printed with their protocols."""
-        modes = self._eval_mode()
-        for position, (name, (backbone, project)) in enumerate(self.backbones.items()):
-            main = position == 0
-            suffix = "" if main else f"_{name}"
-            features = evaluation.backbone_features(backbone, self.data, self.normalize, self.autocast)
-            scores = evaluation.knn_and_online_scores(features, self.data.num_classes, self.probe if main else None)
-            if final:
-                scores.update(evaluation.final_scores(backbone, project, features, self.data.num_classes,
-                                                      self.fixed_pair, self.autocast, self.args.seed))
-                dims = min(len(self.fixed_pair[0]), features.train.shape[1])
-                self.print(evaluation.final_report(name, scores, dims))
-            else:
-                self.print(evaluation.progress_report(self.epoch, suffix, scores))
-            self.results.update({key + suffix: value for key, value in scores.items()})
-            if final and main:  # for tensorboard's projector (PCA / t-SNE of test features with labels), written last
-                self.embedding = evaluation.projector_embedding(features, self.data)
-            for key in ("knn_top1", "online_linear_top1", "linear_top1"):
-                if self.rank0 and key in scores:
-                    self.writer.add_scalar(f"eval/{key}{suffix}", scores[key], self.step_count)
-        self._train_mode(modes)
+        with evaluation.evaluating(self.model):  # rank 0's BN statistics on every rank, as DDP does
+            for position, (name, (backbone, project)) in enumerate(self.backbones.items()):
+                self._evaluate(final, position, name, backbone, project)
+        self.progress.tick = time.time()  # evaluation is not training time
+
+    def _evaluate(self, final: bool, position: int, name: str, backbone: nn.Module, project: nn.Module):
+        """One tracked backbone's scores: printed, kept for results.json and logged (once: see final_logged)."""
+        main = position == 0
+        suffix = "" if main else f"_{name}"
+        features = evaluation.backbone_features(backbone, self.data, self.normalize, self.autocast)
+        scores = evaluation.knn_and_online_scores(features, self.data.num_classes, self.probe if main else None)
+        if final:
+            scores.update(evaluation.final_scores(backbone, project, features, self.data.num_classes,
+                                                  self.fixed_pair, self.autocast, self.args.seed))
+            dims = min(len(self.fixed_pair[0]), features.train.shape[1])
+            self.print(evaluation.final_report(name, scores, dims))
+        else:
+            self.print(evaluation.progress_report(self.epoch, suffix, scores))
+        self.results.update({key + suffix: value for key, value in scores.items()})
+        if final and main:  # for tensorboard's projector (PCA / t-SNE of test features with labels), written last
+            self.embedding = evaluation.projector_embedding(features, self.data)
+        logged = {f"eval/{key}{suffix}": scores[key] for key in ("knn_top1", "online_linear_top1", "linear_top1")
+                  if key in scores}
+        if final:
+            self.final_scalars.update(logged)  # logged together at the end of finish()
+        elif self.rank0:
+            for tag, value in logged.items():
+                self.writer.add_scalar(tag, value, self.step_count)
 
     def save(self):
         """Checkpoint of a finite state (every rank checks, rank 0 writes atomically): model, optimizers, probe, step,
@@ -391,12 +385,13 @@ class Run:
         self.flush()
         bad = first_nonfinite(self.model, self.probe)
         if any_rank(bad is not None):
-            raise UserError(f"{bad or 'a parameter of another rank'} is not finite at step {self.step_count}: "
-                            f"training diverged; not saved. {self._last_good()}. Try a lower --lr.")
+            raise UserError(f"{bad or 'a parameter of another rank'} is not finite at step {self.step_count}: training "
+                            f"diverged; not saved. {last_good(self.last_checkpoint, self.dir)}. Try a lower --lr.")
         position = dict(step=self.step_count, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
-                        minutes=self.minutes_before + (time.time() - self.t0) / 60)
+                        minutes=self.minutes_before + (time.time() - self.t0) / 60, final_logged=self.final_logged)
         with self.saver.writing(f"last.pt of step {self.step_count}"):
             if self.rank0:
+                self.writer.flush()  # what the checkpoint covers is in tensorboard first: a resume never logs it again
                 state = checkpoint_state(self.method, self.model, self.optimizers, self.probe, self.scaler, position,
                                          self.world, self.args)
                 save_checkpoint(self.dir / "last.pt", state)
@@ -416,11 +411,17 @@ class Run:
         # the projector's embedding is the largest file, written last
         with self.saver.writing("backbone.pt", "results.json", "tensorboard's projector"):
             self.evaluate(final=True)
+            if args.finetune_epochs:
+                self._finetune(name, backbone)
+            if self.rank0 and not self.final_logged:
+                for tag, value in self.final_scalars.items():
+                    self.writer.add_scalar(tag, value, self.step_count)
+            if self.last_checkpoint is not None and not self.final_logged:  # resumed to finish, it logs them not again
+                self.final_logged = True
+                self.save()  # flushes the writer first
             if self.rank0 and first_nonfinite(backbone) is None:
                 save_checkpoint(self.dir / "backbone.pt", {k: v.cpu() for k, v in backbone.state_dict().items()})
                 self.saver.kept.append("backbone.pt")
-            if args.finetune_epochs:
-                self._finetune(name, backbone)
             self.results.update(method=self.method, dataset=args.dataset, backbone=args.backbone, seed=args.seed,
                                 epochs=epochs, steps=self.step_count, processes=self.world,
                                 minutes=self.minutes_before + (time.time() - self.t0) / 60,  # every part of the run
@@ -443,7 +444,6 @@ class Run:
         top1 = finetune(backbone, self.probe.fc.in_features, self.data, self.normalize, self.autocast, scaler,
                         args.finetune_epochs, args.batch_size, args.seed, pool)
         self.results["finetune_top1"] = top1
-        if self.rank0:
-            self.writer.add_scalar("eval/finetune_top1", top1, self.step_count)
+        self.final_scalars["eval/finetune_top1"] = top1
         self.print(evaluation.finetune_report(name, top1, args.finetune_epochs, pool))
 

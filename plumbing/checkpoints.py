@@ -140,6 +140,13 @@ def _misfit(state: dict, now: dict) -> str:
     return "".join(f"{k} differs" for k in odd[:1])
 
 
+def last_good(last_checkpoint, run_dir: Path) -> str:
+    """What a run that diverged still has: its last checkpoint, or its tensorboard curves up to there."""
+    if last_checkpoint:
+        return f"Last good checkpoint: {last_checkpoint}"
+    return f"Nothing saved yet (tensorboard curves so far in {run_dir})"
+
+
 def first_nonfinite(*modules: nn.Module):
     """Name of the first parameter or buffer holding NaN or Inf (one device sync), else None."""
     items = [(k, v) for m in modules for k, v in m.state_dict().items() if v.is_floating_point()]

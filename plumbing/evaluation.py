@@ -1,6 +1,7 @@
 """Evaluation: the online linear probe trained beside SSL, the kNN and offline linear probes of a backbone (their
 protocols printed beside their numbers), the dimensionality and MI metrics on a fixed held-out pair of views, and
 end-to-end fine-tuning. Every rank computes the same numbers (no collective inside an evaluation)."""
+import contextlib
 import copy
 from dataclasses import dataclass
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 import estimators
 from plumbing.augment import Augment, ViewSpec
 from plumbing.backbones import MeanTokens
-from plumbing.distributed import all_reduce_sum, average_gradients, rank, world_size
+from plumbing.distributed import all_reduce_sum, average_gradients, broadcast_tensors, rank, world_size
 from plumbing.optim import make_optimizer, param_groups, warmup_cosine
 
 Tensor = torch.Tensor
@@ -20,6 +21,21 @@ ONLINE_PROTOCOL = ("online linear probe: trained during SSL on detached backbone
 FINETUNE_PROTOCOL = ("LP-FT: a linear head started as the offline linear probe, then the backbone (every parameter) "
                      "and the head fine-tuned end to end on the labelled train images, AdamW lr 5e-4 x batch/256, wd "
                      "0.05, 10% warmup then cosine, crop 0.2-1 + flip; un-augmented test images")
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module, sync: bool = True):
+    """The model in eval mode for the block, then every module's training flag as it was. sync: first rank 0's
+    buffers (BN statistics, queues...) on every rank, as DDP does (a collective)."""
+    modes = [m.training for m in model.modules()]
+    model.eval()
+    if sync:
+        broadcast_tensors(*model.buffers())
+    try:
+        yield
+    finally:
+        for module, training in zip(model.modules(), modes):
+            module.training = training
 
 
 def held_out_pair(data, views, channels_last: bool):

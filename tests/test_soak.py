@@ -1,10 +1,9 @@
 """soak.py: a short soak (two runs and a torchrun run, one fault each: SIGTERM, SIGINT and SIGKILL) loses nothing and
 ends every run equal to its uninterrupted twin; its checks catch a run that differs from its twin, a tensorboard curve
-with steps logged twice and a directory that is not a run; with --full, the full ten-minute soak. Three tests marked
-xfail (strict) show what the soak and its checks found in tensorboard's record of resumed runs (docs/reliability.md):
-they fail as soon as it is fixed, and then lose their mark."""
+with steps logged twice and a directory that is not a run; with --full, the full ten-minute soak. Three tests show
+what the soak and its checks found in tensorboard's record of resumed runs, now fixed (docs/reliability.md): a stop at
+an epoch's last step, a resume for the final evaluation alone, a process that ends right after its checkpoint."""
 import json
-import re
 import shutil
 import signal
 import time
@@ -22,21 +21,9 @@ QUICK = ("--minutes", 0.1, "--methods", "simclr", "byol", "--jobs", 4, "--steps"
          "--window", 4)  # the runs of the first moment only; 60 steps: torchrun's ranks agree on a stop at step 50
 
 
-# finding 1 (test_a_run_stopped_at_the_last_step_of_an_epoch_still_evaluates_that_epoch below): a run stopped at the
-# last step of an epoch, resumed, has none of that epoch's eval/* points; the full soak meets it (two of its three runs
-# of 2026-12-07 did) and passes over it until that test stops failing
-EPOCH_EVALUATION_MISSING = re.compile(r": eval/\w+ at other steps than the twin's \(more at \[\], none at \[(\d+)\]\)$")
-
-
-def finding_1(problem: str) -> bool:
-    found = EPOCH_EVALUATION_MISSING.search(problem)
-    return bool(found) and int(found.group(1)) % soak.SYNTHETIC_STEPS_PER_EPOCH == 0
-
-
-def passed(res, out, known=lambda problem: False):
+def passed(res, out):
     report = json.loads((out / "soak.json").read_text())
-    unknown = [p for p in report["problems"] if not known(p)]
-    assert report["runs_lost"] == 0 and report["mismatches"] == 0 and unknown == [], report["problems"]
+    assert report["runs_lost"] == 0 and report["mismatches"] == 0 and report["problems"] == [], report["problems"]
     assert res.returncode == (1 if report["problems"] else 0), res.stdout[-3000:] + res.stderr[-3000:]
     assert all(report["faults_by_signal"][s] >= 1 for s in ("SIGTERM", "SIGINT", "SIGKILL")), report["faults_sent"]
     assert report["resumes"] + report["restarts_from_scratch"] >= 1
@@ -54,16 +41,8 @@ def test_a_short_soak_loses_nothing(tmp_path):
 @pytest.mark.full
 def test_the_full_soak_loses_nothing(tmp_path):
     res = run_script("soak.py", "--minutes", 10, "--out", tmp_path / "soak", cwd=tmp_path, timeout=3600)
-    report = passed(res, tmp_path / "soak", known=finding_1)
+    report = passed(res, tmp_path / "soak")
     assert report["torchrun_runs"] >= 1 and report["runs"] >= 4
-
-
-def test_the_full_soak_passes_over_finding_1_only():
-    problems = ["00-simclr: eval/knn_top1 at other steps than the twin's (more at [], none at [128])",
-                "00-simclr: eval/knn_top1 at other steps than the twin's (more at [], none at [100])",
-                "00-simclr: losses/total at other steps than the twin's (more at [], none at [128])",
-                "00-simclr: eval/knn_top1 at other steps than the twin's (more at [128], none at [])"]
-    assert [finding_1(p) for p in problems] == [True, False, False, False]
 
 
 def test_a_run_that_differs_from_its_twin_is_a_mismatch(train):
@@ -96,8 +75,6 @@ def test_a_curve_with_steps_logged_twice_is_caught(tmp_path):
     assert "losses/total at other steps than the twin's (more at [2, 3], none at [])" in problems[1], problems
 
 
-@pytest.mark.xfail(strict=True, reason="found writing the soak's check: the final evaluation, redone by --resume, is "
-                   "logged at the checkpoint's step, which purge_step (the checkpoint's step + 1) keeps")
 def test_a_run_resumed_for_its_final_evaluation_logs_it_once(train):
     """A run stopped between its last checkpoint and results.json (SIGTERM or SIGKILL while it evaluates at the end)
     is resumed: it only evaluates and writes the missing files. The stopped process's eval/* scalars at the last
@@ -109,8 +86,6 @@ def test_a_run_resumed_for_its_final_evaluation_logs_it_once(train):
     assert [e.step for e in events(t.dir).Scalars("eval/knn_top1")] == [3]
 
 
-@pytest.mark.xfail(strict=True, reason="found by the full soak: a checkpoint taken after an epoch's last step (a stop, "
-                   "or --save-every-minutes) comes before the epoch's evaluation, and --resume starts the next epoch")
 def test_a_run_stopped_at_the_last_step_of_an_epoch_still_evaluates_that_epoch(train, monkeypatch, tmp_path):
     """SIGTERM during the last step of epoch 1 of 2 (2 steps each, --eval-every 1): the run saves after that step and
     stops; resumed, it starts epoch 2 at once and never evaluates epoch 1 (eval/knn_top1 [4, 4], not the uninterrupted
@@ -133,8 +108,6 @@ def test_a_run_stopped_at_the_last_step_of_an_epoch_still_evaluates_that_epoch(t
     assert [e.step for e in events(stopped).Scalars("eval/knn_top1")] == [2, 4, 4]  # epoch 1, epoch 2, the final one
 
 
-@pytest.mark.xfail(strict=True, reason="Run.save does not flush tensorboard's writer, whose thread writes the events "
-                   "later; a process that ends right after its checkpoint can lose them")
 def test_what_a_checkpoint_covers_is_in_tensorboard_when_it_is_written(train, monkeypatch):
     """A process that ends right after a checkpoint (SIGKILL, or a second Ctrl-C: "nothing saved since the last
     checkpoint") must not lose the scalars logged up to it: --resume purges only what comes after the checkpoint's
@@ -158,8 +131,8 @@ def test_what_a_checkpoint_covers_is_in_tensorboard_when_it_is_written(train, mo
 
     monkeypatch.setattr(RecordWriter, "write", slow)
     monkeypatch.setattr(common.Run, "save", save_and_look)
-    train(simclr, *TINY, "--max-steps", 2, "--save-every", 1, images=64)  # one checkpoint, at the end of epoch 1
-    assert on_disk == [(2, [1, 2])], on_disk
+    train(simclr, *TINY, "--max-steps", 2, "--save-every", 1, images=64)  # at the end of epoch 1, and when finished
+    assert on_disk == [(2, [1, 2]), (2, [1, 2])], on_disk
 
 
 def test_a_directory_that_is_no_run_is_caught(tmp_path):
