@@ -209,6 +209,7 @@ class Run:
             return
         restore(state, self.model, self.optimizers, self.probe, self.scaler, self.args.resume)
         self.step_count, self.start_epoch, self.start_batch = resume_position(state, self.steps_per_epoch)
+        self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]  # as finish() saves them again
         self.last_checkpoint = Path(self.args.resume)
         self.saver.kept = [f"last.pt (step {state['step']})"]
         self.minutes_before = state.get("minutes", 0.0)

@@ -9,6 +9,7 @@ import signal
 import time
 
 import pytest
+import torch
 from tensorboard.summary.writer.record_writer import RecordWriter
 from torch.utils.tensorboard import SummaryWriter
 
@@ -84,6 +85,25 @@ def test_a_run_resumed_for_its_final_evaluation_logs_it_once(train):
     (t.dir / "results.json").unlink()  # as if stopped after the evaluation was logged
     train(simclr, *flags, "--resume", t.dir / "last.pt", images=64)
     assert [e.step for e in events(t.dir).Scalars("eval/knn_top1")] == [3]
+
+
+def test_a_run_resumed_only_to_finish_checkpoints_the_position_and_lr_it_stopped_at(train):
+    """Killed during its final evaluation (after its last checkpoint, before the one that says the evaluation is
+    logged), a run is resumed to finish: its last.pt must say where it stopped, as its twin's does. The full soak of
+    2026-12-07 (afternoon) found epoch 0, batch 0 and the base lr there instead: the resumed process trains no step,
+    and restore had replaced the scheduled lr with the base lr."""
+    flags = [*TINY, "--max-steps", 3, "--save-every", 1, "--warmup-epochs", 0]
+    t = train(simclr, *flags, images=64)
+    path = t.dir / "last.pt"
+    twin = torch.load(path, weights_only=True)
+    torch.save({**twin, "final_logged": False}, path)  # as the checkpoint before the final evaluation was
+    (t.dir / "results.json").unlink()
+    train(simclr, *flags, "--resume", path, images=64)
+    again = torch.load(path, weights_only=True)
+    assert again["final_logged"] and (again["step"], again["epoch"], again["batch_in_epoch"]) == (3, 1, 1)
+    assert (twin["epoch"], twin["batch_in_epoch"]) == (again["epoch"], again["batch_in_epoch"])
+    for group, twin_group in zip(again["optimizers"][0]["param_groups"], twin["optimizers"][0]["param_groups"]):
+        assert group["lr"] == twin_group["lr"] < group["base_lr"]  # the cosine schedule's value at step 3, not base
 
 
 def test_a_run_stopped_at_the_last_step_of_an_epoch_still_evaluates_that_epoch(train, monkeypatch, tmp_path):
