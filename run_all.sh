@@ -296,6 +296,10 @@ import estimators
 from plumbing import augment, backbones, data as datasets, distributed, evaluation
 _, _, dataset, data_dir, backbone, seed, ft, out = sys.argv
 seed = int(seed)
+done = Path(out) / "results.json"
+if done.exists() and (not int(ft) or "finetune_top1" in json.loads(done.read_text())):  # evaluated: as a run, skipped
+    print(f"random init {backbone} on {dataset}, seed {seed}: evaluated before ({done})")
+    sys.exit(0)
 vit = backbone.startswith("vit")
 dev = distributed.pick_device("auto")
 torch.manual_seed(seed)  # as common.Run: the seed, the data, then the backbone's weights
