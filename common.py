@@ -6,7 +6,6 @@ Nothing here is part of a method's algorithm (read a method first). Contents:
 A method file imports common alone; copying a method takes the method file, common.py, estimators.py and plumbing/."""
 import dataclasses
 import json
-import os
 import signal
 import sys
 import time
@@ -50,7 +49,7 @@ def cli(main, args_cls):
     try:
         args = tyro.cli(args_cls)
     except BrokenPipeError:  # `--help | head`: the reader left; quiet, as other command-line tools
-        silence_stdout()
+        runlog.silence_stdout()
         sys.exit(0)
     try:
         main(args)
@@ -63,11 +62,6 @@ def cli(main, args_cls):
         print("interrupted: nothing saved since the last checkpoint", file=sys.stderr)
         sys.exit(130)
     end_process_group()
-
-
-def silence_stdout():
-    """From now on stdout is /dev/null (its reader left: a closed pipe, a terminal that hung up)."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 class Run:
@@ -154,7 +148,7 @@ class Run:
         try:
             print(*parts, flush=True)
         except OSError:  # BrokenPipeError, or EIO from a terminal that hung up
-            silence_stdout()
+            runlog.silence_stdout()
 
     def shard(self, t: Tensor) -> Tensor:
         """This rank's rows of a tensor drawn for the global batch (e.g. masks drawn with run.gen)."""
@@ -209,7 +203,6 @@ class Run:
             return
         restore(state, self.model, self.optimizers, self.probe, self.scaler, self.args.resume)
         self.step_count, self.start_epoch, self.start_batch = resume_position(state, self.steps_per_epoch)
-        self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]  # as finish() saves them again
         self.last_checkpoint = Path(self.args.resume)
         self.saver.kept = [f"last.pt (step {state['step']})"]
         self.minutes_before = state.get("minutes", 0.0)
@@ -393,8 +386,12 @@ class Run:
         with self.saver.writing(f"last.pt of step {self.step_count}"):
             if self.rank0:
                 self.writer.flush()  # what the checkpoint covers is in tensorboard first: a resume never logs it again
-                state = checkpoint_state(self.method, self.model, self.optimizers, self.probe, self.scaler, position,
-                                         self.world, self.args)
+                if self.checkpoint is not None and self.step_count == self.checkpoint["step"]:
+                    # resumed only to finish, no step taken: the state it resumed from (its lr and weight decay too)
+                    state = {**self.checkpoint, "minutes": position["minutes"], "final_logged": self.final_logged}
+                else:
+                    state = checkpoint_state(self.method, self.model, self.optimizers, self.probe, self.scaler,
+                                             position, self.world, self.args)
                 save_checkpoint(self.dir / "last.pt", state)
         self.last_checkpoint = self.dir / "last.pt"
         self.saved = time.time()

@@ -104,16 +104,14 @@ def checkpoint_state(method: str, model: nn.Module, optimizers, probe, scaler, p
 
 def restore(state: dict, model: nn.Module, optimizers, probe, scaler, path: str):
     """Load a checkpoint (load_checkpoint's) into the model, optimizers, probe and loss scaler, and the RNG state.
-    The optimizers keep this command line's hyperparameters (base lr, weight decay...), so changed flags are honoured;
-    each group's scheduled lr stays as saved (the next step's update_lr sets it from base_lr): a run resumed only to
-    finish checkpoints the lr it stopped at.
+    The optimizers keep this command line's hyperparameters (lr, weight decay...), so changed flags are honoured.
     A checkpoint that does not fit: UserError naming the changed flags behind the tensors of another shape."""
     try:
         model.load_state_dict(state["model"])
         if len(state["optimizers"]) != len(optimizers):
             raise ValueError("another number of optimizers")
         for optimizer, saved in zip(optimizers, state["optimizers"]):
-            now = [{k: v for k, v in group.items() if k not in ("params", "lr")} for group in optimizer.param_groups]
+            now = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
             optimizer.load_state_dict(saved)
             for group, hyperparameters in zip(optimizer.param_groups, now):
                 group.update(hyperparameters)

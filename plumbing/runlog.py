@@ -3,6 +3,7 @@
 line on the console."""
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -140,3 +141,8 @@ def progress_line(epoch: int, epochs: int, step: int, stop_step: int, latest: di
     return (f"epoch {epoch + 1}/{epochs} step {step}/{stop_step} loss {loss:.4f} lr "
             f"{latest.get('charts/learning_rate', math.nan):.4g} views/s {views_per_sec:,.0f} ETA "
             f"{eta_seconds / 60:.1f} min")
+
+
+def silence_stdout():
+    """From now on stdout is /dev/null (its reader left: a closed pipe, a terminal that hung up)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

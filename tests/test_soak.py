@@ -89,9 +89,9 @@ def test_a_run_resumed_for_its_final_evaluation_logs_it_once(train):
 
 def test_a_run_resumed_only_to_finish_checkpoints_the_position_and_lr_it_stopped_at(train):
     """Killed during its final evaluation (after its last checkpoint, before the one that says the evaluation is
-    logged), a run is resumed to finish: its last.pt must say where it stopped, as its twin's does. The full soak of
-    2026-12-07 (afternoon) found epoch 0, batch 0 and the base lr there instead: the resumed process trains no step,
-    and restore had replaced the scheduled lr with the base lr."""
+    logged), a run is resumed to finish: its last.pt must be the state it stopped in, as its twin's is. Two full soaks
+    of 2026-12-07 (afternoon) found epoch 0, batch 0 and the base lr there (then iBOT's base weight decay): the process
+    trains no step, so its position was never set, and the flags' lr and weight decay replace the scheduled ones."""
     flags = [*TINY, "--max-steps", 3, "--save-every", 1, "--warmup-epochs", 0]
     t = train(simclr, *flags, images=64)
     path = t.dir / "last.pt"
