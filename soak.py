@@ -536,8 +536,11 @@ def check(soak: Soak) -> dict:
 
 
 def commit() -> str:
+    """The code the runs start from: HEAD's short hash, with "+changes" if tracked files differ from it."""
     done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return done.stdout.strip() or "unknown"
+    changed = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                             capture_output=True, text=True)
+    return (done.stdout.strip() or "unknown") + ("+changes" if changed.stdout.strip() else "")
 
 
 def refused(args: Args, out: Path) -> str:
@@ -560,6 +563,7 @@ def main(args: Args) -> int:
     # until the run catches signals itself: the runs must start as a terminal or a cluster starts them
     signal.signal(signal.SIGINT, signal.default_int_handler)
     soak = Soak(args, out)
+    code = commit()  # every run starts from the tree as it is now (and at each restart: a commit meanwhile is noted)
     print(f"soak: runs of {', '.join(args.methods)} ({args.jobs} at once) and torchrun {args.torchrun}, faults from "
           f"seed {args.seed}; new runs for {args.minutes:g} minutes; in {out}", flush=True)
     try:
@@ -571,7 +575,9 @@ def main(args: Args) -> int:
         soak.kill_all()
         print(f"soak: interrupted; its processes killed; what it did is in {out}", file=sys.stderr)
         return 130
-    report = {"date": time.strftime("%Y-%m-%d"), "commit": commit(), "args": vars(args), **check(soak)}
+    report = {"date": time.strftime("%Y-%m-%d"), "commit": code, "args": vars(args), **check(soak)}
+    if commit() != code:
+        report["commit_at_end"] = commit()
     (out / "soak.json").write_text(json.dumps(report, indent=1))
     signals = ", ".join(f"{k} {v}" for k, v in report["faults_by_signal"].items())
     twice = report["faults_by_kind"]["SIGINT twice"]
