@@ -1,8 +1,9 @@
 """soak.py: a short soak (two runs and a torchrun run, one fault each: SIGTERM, SIGINT and SIGKILL) loses nothing and
 ends every run equal to its uninterrupted twin; its checks catch a run that differs from its twin, a tensorboard curve
-with steps logged twice and a directory that is not a run; with --full, the full ten-minute soak. Three tests show
-what the soak and its checks found in tensorboard's record of resumed runs, now fixed (docs/reliability.md): a stop at
-an epoch's last step, a resume for the final evaluation alone, a process that ends right after its checkpoint."""
+with steps logged twice and a directory that is not a run; with --full, the full ten-minute soak. Four tests show
+what the soaks and their checks found in resumed runs, now fixed (docs/reliability.md): a stop at an epoch's last
+step, a resume for the final evaluation alone (logged twice; its checkpoint unlike the twin's), a process that ends
+right after its checkpoint."""
 import json
 import shutil
 import signal
