@@ -373,9 +373,10 @@ class Run:
             for tag, value in logged.items():
                 self.writer.add_scalar(tag, value, self.step_count)
 
-    def save(self):
+    def save(self, final_scalars: dict = None):
         """Checkpoint of a finite state (every rank checks, rank 0 writes atomically): model, optimizers, probe, step,
-        position in the epoch, args, RNG states. A non-finite state stops the run and never replaces a checkpoint."""
+        position in the epoch, args, RNG states. A non-finite state stops the run and never replaces a checkpoint.
+        final_scalars (finish): logged right before the checkpoint that says so, SIGINT and SIGTERM deferred."""
         self.flush()
         bad = first_nonfinite(self.model, self.probe)
         if any_rank(bad is not None):
@@ -385,14 +386,13 @@ class Run:
                         minutes=self.minutes_before + (time.time() - self.t0) / 60, final_logged=self.final_logged)
         with self.saver.writing(f"last.pt of step {self.step_count}"):
             if self.rank0:
-                self.writer.flush()  # what the checkpoint covers is in tensorboard first: a resume never logs it again
-                if self.checkpoint is not None and self.step_count == self.checkpoint["step"]:
-                    # resumed only to finish, no step taken: the state it resumed from (its lr and weight decay too)
-                    state = {**self.checkpoint, "minutes": position["minutes"], "final_logged": self.final_logged}
-                else:
+                with self.signals.deferred(final_scalars is not None):  # never the scalars without their checkpoint
+                    for tag, value in (final_scalars or {}).items():
+                        self.writer.add_scalar(tag, value, self.step_count)
+                    self.writer.flush()  # what the checkpoint covers is in tensorboard first: a resume never logs it
                     state = checkpoint_state(self.method, self.model, self.optimizers, self.probe, self.scaler,
-                                             position, self.world, self.args)
-                save_checkpoint(self.dir / "last.pt", state)
+                                             position, self.world, self.args, resumed_from=self.checkpoint)
+                    save_checkpoint(self.dir / "last.pt", state)
         self.last_checkpoint = self.dir / "last.pt"
         self.saved = time.time()
         self.saver.kept = [f"last.pt (step {self.step_count})"]
@@ -411,12 +411,12 @@ class Run:
             self.evaluate(final=True)
             if args.finetune_epochs:
                 self._finetune(name, backbone)
-            if self.rank0 and not self.final_logged:
-                for tag, value in self.final_scalars.items():
-                    self.writer.add_scalar(tag, value, self.step_count)
             if self.last_checkpoint is not None and not self.final_logged:  # resumed to finish, it logs them not again
                 self.final_logged = True
-                self.save()  # flushes the writer first
+                self.save(self.final_scalars)
+            elif self.rank0 and not self.final_logged:  # no checkpoint (--save-every 0, no stop) to say they are logged
+                for tag, value in self.final_scalars.items():
+                    self.writer.add_scalar(tag, value, self.step_count)
             if self.rank0 and first_nonfinite(backbone) is None:
                 save_checkpoint(self.dir / "backbone.pt", {k: v.cpu() for k, v in backbone.state_dict().items()})
                 self.saver.kept.append("backbone.pt")

@@ -91,9 +91,13 @@ def changes_since(state: dict, world: int) -> str:
 
 
 def checkpoint_state(method: str, model: nn.Module, optimizers, probe, scaler, position: dict, world: int,
-                     args) -> dict:
+                     args, resumed_from: dict = None) -> dict:
     """What last.pt holds: every weight and buffer, the optimizers', probe's and loss scaler's states, the position
-    {step, epoch, batch_in_epoch}, the process count, the RNG states and the flags."""
+    {step, epoch, batch_in_epoch}, the process count, the RNG states and the flags. A process resumed from
+    `resumed_from` that took no step (resumed only to finish) holds the state it resumed from, as it was (its
+    position, the lr and weight decay its schedules had set), with this position's minutes and final_logged."""
+    if resumed_from is not None and position["step"] == resumed_from["step"]:
+        return {**resumed_from, "minutes": position["minutes"], "final_logged": position["final_logged"]}
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
     return {"format": CKPT_FORMAT, "method": method, "model": model.state_dict(),
             "optimizers": [o.state_dict() for o in optimizers], "probe": probe.state_dict(),
@@ -194,6 +198,23 @@ class StopSignals:
     def release(self):
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    @contextlib.contextmanager
+    def deferred(self, active: bool = True):
+        """Once released: SIGINT and SIGTERM wait for the block's end, then act (KeyboardInterrupt, the end of the
+        process). For what must not be cut in two: the final scalars logged and the checkpoint that says so."""
+        if not active:
+            yield
+            return
+        received = []
+        signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+        signal.signal(signal.SIGTERM, lambda signum, _frame: received.append(signum))
+        try:
+            yield
+        finally:
+            self.release()
+            if received:
+                signal.raise_signal(received[0])
 
     def _on_signal(self, signum, _frame):
         if self.received is not None and signum == signal.SIGINT:

@@ -107,6 +107,30 @@ def test_a_run_resumed_only_to_finish_checkpoints_the_position_and_lr_it_stopped
         assert group["lr"] == twin_group["lr"] < group["base_lr"]  # the cosine schedule's value at step 3, not base
 
 
+def test_a_signal_between_the_final_scalars_and_their_checkpoint_waits_for_the_checkpoint(train, monkeypatch,
+                                                                                             tmp_path):
+    """SIGINT (Ctrl-C) arrives while the final checkpoint is written, after the final scalars went to tensorboard: the
+    checkpoint completes first (it says the scalars are logged), then the run stops; resumed, it logs them not again.
+    The soak of BYOL under torchrun (2026-12-07, bb10034) found eval/* twice at the last step: rank 0 had logged them
+    and waited for rank 1, killed by SIGTERM, before the checkpoint that says so."""
+    flags = [*TINY, "--max-steps", 3, "--save-every", 1]
+    save = common.save_checkpoint
+
+    def interrupted_while_saving(path, state):
+        if state["final_logged"]:
+            signal.raise_signal(signal.SIGINT)  # signals are released at finish: Ctrl-C quits at once
+        save(path, state)
+
+    monkeypatch.setattr(common, "save_checkpoint", interrupted_while_saving)
+    with pytest.raises(KeyboardInterrupt):
+        train(simclr, *flags, images=64)
+    monkeypatch.setattr(common, "save_checkpoint", save)
+    (stopped,) = (tmp_path / "runs").iterdir()
+    t = train(simclr, *flags, "--resume", stopped / "last.pt", images=64)
+    assert torch.load(t.dir / "last.pt", weights_only=True)["final_logged"]
+    assert [e.step for e in events(t.dir).Scalars("eval/knn_top1")] == [3]
+
+
 def test_a_run_stopped_at_the_last_step_of_an_epoch_still_evaluates_that_epoch(train, monkeypatch, tmp_path):
     """SIGTERM during the last step of epoch 1 of 2 (2 steps each, --eval-every 1): the run saves after that step and
     stops; resumed, it starts epoch 2 at once and never evaluates epoch 1 (eval/knn_top1 [4, 4], not the uninterrupted
@@ -144,8 +168,8 @@ def test_what_a_checkpoint_covers_is_in_tensorboard_when_it_is_written(train, mo
     on_disk = []
     save = common.Run.save
 
-    def save_and_look(self):
-        save(self)
+    def save_and_look(self, *final_scalars):
+        save(self, *final_scalars)
         curves = events(self.dir)
         logged = "losses/total" in curves.Tags()["scalars"]
         on_disk.append((self.step_count, [e.step for e in curves.Scalars("losses/total")] if logged else []))
