@@ -63,11 +63,16 @@ def test_a_run_that_differs_from_its_twin_is_a_mismatch(train):
 def test_a_curve_with_steps_logged_twice_is_caught(tmp_path):
     """A process that logged steps 1-3, then another that logged 2-3 again without purging them (what a resume
     without purge_step would leave): the steps go back."""
-    for steps in ((1, 2, 3), (2, 3)):
-        writer = SummaryWriter(str(tmp_path / "run"))
+    (tmp_path / "run").mkdir()
+    for process, steps in enumerate(((1, 2, 3), (2, 3))):
+        writer = SummaryWriter(str(tmp_path / f"process{process}"))
         for step in steps:
             writer.add_scalar("losses/total", 1.0, step)
         writer.close()
+        # named as two processes' files seconds apart, which tensorboard reads in name order (two writers of one
+        # process in one second are told apart by a counter: .9 sorts after .10, and the test failed when it crossed)
+        (events_file,) = (tmp_path / f"process{process}").iterdir()
+        events_file.rename(tmp_path / "run" / f"events.out.tfevents.{1796000000 + process}.host.{100 + process}.0")
     writer = SummaryWriter(str(tmp_path / "twin"))
     for step in (1, 2, 3):
         writer.add_scalar("losses/total", 1.0, step)
