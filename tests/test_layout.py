@@ -18,7 +18,7 @@ LAYERS = ["errors", "distributed", "optim", "imagefiles", "augment", "data", "ba
           "runlog"]
 PLUMBING = [ROOT / "plumbing" / f"{name}.py" for name in LAYERS]
 TOOLS = [ROOT / "estimators.py", ROOT / "toy_gaussian.py", ROOT / "benchmark.py", ROOT / "gpu_check.py",
-         ROOT / "soak.py"]
+         ROOT / "soak.py", ROOT / "soak_checks.py"]
 PRODUCT = [*METHODS, ROOT / "common.py", *PLUMBING, *TOOLS]
 ALLOWED = {"common", "estimators", "torch", "torchvision", "numpy", "tyro"}  # and the standard library
 METHOD_MAX_CODE_LINES = 300  # not counting the module docstring

@@ -17,6 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 import common
 import simclr
 import soak
+import soak_checks
 from conftest import TINY, events, run_script
 
 QUICK = ("--minutes", 0.1, "--methods", "simclr", "byol", "--jobs", 4, "--steps", 60, "--faults-per-run", 1,
@@ -53,11 +54,11 @@ def test_a_run_that_differs_from_its_twin_is_a_mismatch(train):
     first = train(simclr, *flags, "--exp-name", "first", images=64).dir
     again = train(simclr, *flags, "--exp-name", "again", images=64).dir
     other = train(simclr, *flags, "--seed", 1, "--exp-name", "other", images=64).dir
-    assert soak.compare_runs(again, first) == [] and soak.compare_curves(again, first) == []
-    differences = soak.compare_runs(other, first)
+    assert soak_checks.compare_runs(again, first) == [] and soak_checks.compare_curves(again, first) == []
+    differences = soak_checks.compare_runs(other, first)
     assert any("backbone.pt/" in d for d in differences) and any("last.pt/model/" in d for d in differences)
-    assert any("losses/total differs" in p for p in soak.compare_curves(other, first))
-    assert soak.unequal({"a": [1, 2]}, {"a": [1, 2, 3]}, "x") == ["x/a (another length)"]
+    assert any("losses/total differs" in p for p in soak_checks.compare_curves(other, first))
+    assert soak_checks.unequal({"a": [1, 2]}, {"a": [1, 2, 3]}, "x") == ["x/a (another length)"]
 
 
 def test_a_curve_with_steps_logged_twice_is_caught(tmp_path):
@@ -77,7 +78,7 @@ def test_a_curve_with_steps_logged_twice_is_caught(tmp_path):
     for step in (1, 2, 3):
         writer.add_scalar("losses/total", 1.0, step)
     writer.close()
-    problems = soak.compare_curves(tmp_path / "run", tmp_path / "twin")
+    problems = soak_checks.compare_curves(tmp_path / "run", tmp_path / "twin")
     assert len(problems) == 2 and "not strictly increasing (again at [2, 3])" in problems[0], problems
     assert "losses/total at other steps than the twin's (more at [2, 3], none at [])" in problems[1], problems
 
@@ -188,8 +189,8 @@ def test_what_a_checkpoint_covers_is_in_tensorboard_when_it_is_written(train, mo
 def test_a_directory_that_is_no_run_is_caught(tmp_path):
     for folder in ("runs/00-simclr", "twins/00-simclr", "aside/00-simclr.1", "runs/stray", "logs"):
         (tmp_path / folder).mkdir(parents=True)
-    assert soak.strays(tmp_path, ["00-simclr"], ["00-simclr.1"]) == [
+    assert soak_checks.strays(tmp_path, ["00-simclr"], ["00-simclr.1"]) == [
         f"{tmp_path / 'runs' / 'stray'}: not a run of this soak nor recorded as set aside"]
     shutil.rmtree(tmp_path / "runs" / "stray")
     (tmp_path / "extra").mkdir()
-    assert len(soak.strays(tmp_path, ["00-simclr"], [])) == 2  # extra/ and the unrecorded aside
+    assert len(soak_checks.strays(tmp_path, ["00-simclr"], [])) == 2  # extra/ and the unrecorded aside
