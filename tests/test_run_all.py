@@ -59,6 +59,29 @@ def test_quick_deepcluster_gets_its_memory_epoch_before_the_same_300_steps(tmp_p
         assert cmd.endswith(f"{flags} --run-dir runs/{datasets}__runall_quick_deepcluster_v2__0"), res.stdout
 
 
+def test_quick_adadim_and_dino_parse_to_the_seventh_searchs_recipes_over_two_seeds(tmp_path):
+    """AdaDim and DINO (ResNet): their quick commands parse (tyro, the last of a repeated flag wins) to the recipes the
+    seventh search chose on seeds 0 and 1 (docs/searches.md), and --quick runs both seeds."""
+    import adadim
+    import dino
+    res = bash("--quick", "--dry-run", "--methods", "adadim dino", cwd=tmp_path, env={"DATA": str(tmp_path / "empty")})
+    assert res.returncode == 0, res.stderr
+    cmds = [ln for ln in res.stdout.splitlines() if "/methods/" in ln]
+    assert [(c.split("/methods/")[1].split(".py")[0], c.split("--seed ")[1].split()[0]) for c in cmds] == [
+        ("adadim", "0"), ("adadim", "1"), ("dino", "0"), ("dino", "1")]
+    modules = (adadim, adadim, dino, dino)
+    parsed = [tyro.cli(module.Args, args=cmd.split(".py ")[1].split()) for module, cmd in zip(modules, cmds)]
+    for args in parsed:
+        assert (args.backbone, args.batch_size, args.max_steps, args.optimizer) == ("tiny", 128, 300, "adamw")
+        assert args.weight_decay == 1e-6
+    assert parsed[0].lr == 2e-3 and parsed[0].warmup_epochs == 0
+    dino_args = parsed[2]
+    assert (dino_args.lr, dino_args.warmup_epochs, dino_args.freeze_last_layer_epochs) == (1e-3, 0.1, 0)
+    assert (dino_args.tau_base, dino_args.tau_final, dino_args.warmup_teacher_temp) == (0.99, 0.99, 0.02)
+    assert (dino_args.proj_hidden_dim, dino_args.num_prototypes) == (512, 256)
+    assert sum("random init:" in ln and " tiny " in ln for ln in res.stdout.splitlines()) == 2
+
+
 def test_full_grid_dry_run_and_bad_arguments(tmp_path):
     res = bash("--dry-run", cwd=tmp_path)
     assert res.returncode == 0 and len(res.stdout.splitlines()) == 8 * 4 * 3
